@@ -1,0 +1,67 @@
+"""Plots read from the run directory (or given arrays); never called inside the training loop."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .io import read_csv  # noqa: E402
+
+
+def plot_curves(history_csv: Path, out_png: Path, title: str = "") -> None:
+    """Loss and IoU per epoch, train vs val, from ``history.csv``."""
+    rows = read_csv(history_csv)
+    epoch = [int(r["epoch"]) for r in rows]
+    col = lambda k: [float(r[k]) for r in rows]  # noqa: E731
+    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epoch, col("train/loss"), "o-", label="train")
+    ax_loss.plot(epoch, col("val/loss"), "s-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_iou.plot(epoch, col("train/iou"), "o-", label="train IoU")
+    ax_iou.plot(epoch, col("val/iou"), "s-", label="val IoU")
+    ax_iou.plot(epoch, col("val/dice"), "--", label="val Dice")
+    ax_iou.set(xlabel="epoch", ylabel="score", title="IoU / Dice", ylim=(0, 1))
+    for ax in (ax_loss, ax_iou):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def plot_predictions(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    probs: torch.Tensor,
+    ids: Sequence[str],
+    scores: Sequence[float],
+    out_png: Path,
+    threshold: float = 0.5,
+) -> None:
+    """Grid of image / mask / probability / prediction, one row per case.
+
+    images (N, 3, H, W) uint8; masks (N, 1, H, W) {0, 1}; probs (N, 1, H, W) in [0, 1].
+    """
+    n = len(ids)
+    fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
+    for i in range(n):
+        panels = [
+            (images[i].permute(1, 2, 0).numpy(), f"{ids[i]}", {}),
+            (masks[i, 0].numpy(), "mask", {"cmap": "gray", "vmin": 0, "vmax": 1}),
+            (probs[i, 0].numpy(), "probability", {"cmap": "magma", "vmin": 0, "vmax": 1}),
+            ((probs[i, 0] > threshold).numpy(), f"prediction (IoU {scores[i]:.3f})", {"cmap": "gray", "vmin": 0, "vmax": 1}),
+        ]
+        for ax, (img, name, kw) in zip(axes[i], panels):
+            ax.imshow(img, **kw)
+            ax.set_title(name, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
