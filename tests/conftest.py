@@ -1,0 +1,83 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from skimage import io as skio
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# A tiny synthetic run: seconds on a CPU.
+TINY = [
+    "dataset=synthetic",
+    "dataset.num_cases=12",
+    "dataset.split_sizes=[6,3,3]",
+    "dataset.image_size=32",
+    "model.base_width=4",
+    "trainer.epochs=2",
+    "trainer.batch_size=4",
+    "trainer.eval_batch_size=4",
+    "trainer.progress=false",
+    "trainer.device=cpu",
+    "eval.num_predictions=2",
+]
+
+
+def compose_cfg(overrides=()):
+    """Compose conf/config.yaml as the CLI would (without running the job)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def run_cli(args, cwd, env=None):
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "segbench", *args],
+        cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600,
+    )
+
+
+@pytest.fixture
+def ph2_root():
+    root = os.environ.get("SEGBENCH_PH2_ROOT")
+    if not root:
+        pytest.skip("SEGBENCH_PH2_ROOT is not set: point it at a PH2Dataset folder to run the PH2 tests")
+    if not Path(root).is_dir():
+        pytest.skip(f"SEGBENCH_PH2_ROOT={root} is not a folder")
+    return Path(root)
+
+
+def write_case(images_dir: Path, case: str, size=(40, 48), mask_values=(0, 255), image_ext="png", mask=True):
+    """Write one PH2-layout case with a square lesion; returns the case folder."""
+    h, w = size
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    folder = images_dir / case
+    (folder / f"{case}_Dermoscopic_Image").mkdir(parents=True)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    skio.imsave(folder / f"{case}_Dermoscopic_Image" / f"{case}.{image_ext}", image, check_contrast=False)
+    if mask:
+        (folder / f"{case}_lesion").mkdir()
+        m = np.full((h, w), mask_values[0], dtype=np.uint8)
+        m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = mask_values[1]
+        skio.imsave(folder / f"{case}_lesion" / f"{case}_lesion.png", m, check_contrast=False)
+    return folder
+
+
+@pytest.fixture
+def fake_ph2(tmp_path):
+    """A small PH2-layout tree: 9 cases, a diagnosis table, and some non-case entries."""
+    root = tmp_path / "PH2Dataset"
+    images = root / "PH2 Dataset images"
+    images.mkdir(parents=True)
+    cases = [f"IMD{i:03d}" for i in range(1, 10)]
+    for i, case in enumerate(cases):
+        write_case(images, case, size=(40 + i % 2, 48))
+    (images / ".DS_Store").write_text("junk")
+    (images / "notes").mkdir()
+    lines = ["Name\tClinical Diagnosis\tAsymmetry"] + [f"{c}\t{i % 3}\t0" for i, c in enumerate(cases)]
+    (root / "PH2_dataset.txt").write_text("\r\n".join(lines) + "\r\n")
+    return root

@@ -1,0 +1,96 @@
+"""The CLI as a user runs it, and run(cfg) as tests and notebooks call it."""
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from segbench.errors import UserError
+from segbench.train import run
+from tests.conftest import TINY, compose_cfg, run_cli
+
+RUN_FILES = [
+    ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log", "split.json",
+    "history.csv", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt", "curves.png", "predictions.png",
+]
+
+
+def test_cli_tiny_run_writes_the_run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli([*TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    assert "epoch 2/2" in (run_dir / "train.log").read_text()
+
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,lr,train/loss,train/iou,val/loss,val/iou,val/dice,time"
+    assert len(history) == 3
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "done" and metrics["best_epoch"] in (1, 2)
+    for key in ("test/iou", "test/dice", "test/iou_score", "test/loss", "train_time_s", "images_per_s"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    assert metrics["params"] > 0 and metrics["model"] == "unet" and metrics["dataset"] == "synthetic"
+    assert metrics["definitions"]["threshold"] == 0.5
+
+    split = json.loads((run_dir / "split.json").read_text())
+    assert [len(split[k]) for k in ("train", "val", "test")] == [6, 3, 3]
+
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    assert ckpt["config"]["model"]["base_width"] == 4 and ckpt["epoch"] == metrics["best_epoch"]
+    for png in ("curves.png", "predictions.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    assert "dataset=synthetic" in overrides
+
+
+def test_default_run_dir_names_model_and_loss(tmp_path):
+    result = run_cli([*TINY, "model=segnet", "loss=dice"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert run_dir.name.endswith("_segnet_dice")
+    assert (run_dir / "metrics.json").is_file()
+
+
+def test_run_returns_metrics_and_is_reproducible(tmp_path):
+    first = run(compose_cfg([*TINY, f"output_dir={tmp_path / 'a'}"]))
+    second = run(compose_cfg([*TINY, f"output_dir={tmp_path / 'b'}"]))
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["test/iou"] == first["test/iou"]
+    for key in ("test/iou", "test/dice", "test/loss", "best_epoch"):
+        assert first[key] == second[key], key
+    assert (tmp_path / "a" / "history.csv").read_text().split("\n")[1].split(",")[:7] == \
+        (tmp_path / "b" / "history.csv").read_text().split("\n")[1].split(",")[:7]
+
+
+def test_missing_ph2_root_is_a_clear_cli_error(tmp_path):
+    missing = tmp_path / "no_ph2_here"
+    result = run_cli(["dataset=ph2", f"dataset.root={missing}", f"hydra.run.dir={tmp_path / 'run'}",
+                      "model.base_width=4"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert str(missing) in result.stderr and "dataset=synthetic" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_unknown_model_lists_the_options(tmp_path):
+    result = run_cli(["model=transformer"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'model/transformer'" in result.stderr
+    assert "unet" in result.stderr and "segnet" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.epochs=0", "trainer.epochs=0 is invalid"),
+        ("trainer.batch_size=-2", "trainer.batch_size=-2 is invalid"),
+        ("eval.threshold=1.5", "eval.threshold=1.5 is invalid"),
+        ("trainer.device=tpu", "trainer.device='tpu'"),
+        ("model.base_width=0", "base_width must be a positive integer"),
+        ("dataset.split_sizes=[100,10,10]", "exceed the 12 cases"),
+    ],
+)
+def test_bad_config_values(tmp_path, override, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[")):
+        run(compose_cfg([*TINY, override, f"output_dir={tmp_path}"]))
