@@ -4,19 +4,27 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from segbench.models import EncoderDecoder, UNet
+from segbench import summary
+from segbench.models import BasicUNet, EncoderDecoder, UNet, UNetClassic
 from tests.conftest import compose_cfg
 
 MODEL_CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
 
 
+def build(name, *overrides):
+    return instantiate(compose_cfg([f"model={name}", "model.base_width=4", *overrides]).model)
+
+
+def test_every_seed_architecture_has_a_config():
+    expected = {"segnet", "segnet_unpool", "unet", "unet_strided", "unet_unpool", "unet_classic", "basic_unet"}
+    assert expected <= set(MODEL_CONFIGS)
+
+
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
-@pytest.mark.parametrize("size", [(64, 64), (96, 80), (100, 100), (48, 32)])
+@pytest.mark.parametrize("size", [(64, 64), (96, 80), (100, 100)])
 def test_model_forward_backward_any_size(name, size):
-    cfg = compose_cfg([f"model={name}", "model.base_width=4"])
-    model = instantiate(cfg.model)
-    x = torch.randn(2, 3, *size)
-    out = model(x)
+    model = build(name)
+    out = model(torch.randn(2, 3, *size))
     assert out.shape == (2, 1, *size)
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -25,25 +33,85 @@ def test_model_forward_backward_any_size(name, size):
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_model_num_classes(name):
-    model = instantiate(compose_cfg([f"model={name}", "model.base_width=4", "model.num_classes=3"]).model)
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    assert build(name, "model.num_classes=3")(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 80), (100, 100), (37, 101)])
+def test_unet_classic_valid_mode_matches_input_size(size):
+    model = build("unet_classic", "model.padding=valid", "model.batch_norm=true")
+    assert model(torch.randn(2, 3, *size)).shape == (2, 1, *size)
+
+
+def test_valid_mode_sizes_are_the_papers():
+    # Ronneberger et al.: a 572x572 input tile gives a 388x388 output map
+    assert UNetClassic(padding="valid").valid_sizes(388) == (572, 388)
+
+
+@pytest.mark.parametrize("size, pixel", [(300, (150, 150)), (301, (120, 181))])
+def test_valid_mode_output_is_aligned_with_input(size, pixel):
+    """Output pixel (i, j) sees a receptive field centred on input pixel (i, j), up to pooling parity."""
+    torch.manual_seed(0)
+    model = UNetClassic(1, 1, 2, padding="valid").eval()
+    x = torch.randn(1, 1, size, size, requires_grad=True)
+    model(x)[0, 0, pixel[0], pixel[1]].backward()
+    seen = x.grad[0, 0].abs() > 0
+    rows, cols = seen.any(1).nonzero().flatten(), seen.any(0).nonzero().flatten()
+    assert abs((rows.min() + rows.max()).item() / 2 - pixel[0]) <= 2
+    assert abs((cols.min() + cols.max()).item() / 2 - pixel[1]) <= 2
+    assert rows.max() - rows.min() > 150  # the deep receptive field, not a shallow path
+
+
+@pytest.mark.parametrize("up_mode", ["transpose", "bilinear", "nearest"])
+def test_unet_classic_up_modes(up_mode):
+    model = build("unet_classic", f"model.up_mode={up_mode}", "model.depth=3")
+    assert model(torch.randn(1, 3, 40, 40)).shape == (1, 1, 40, 40)
 
 
 def test_classic_unet_parameter_count():
-    # Ronneberger's U-Net (64..1024 channels, transposed-conv up, no BatchNorm), 3 -> 10 classes
-    model = EncoderDecoder(3, 10, 64, up="transpose", batch_norm=False, bottleneck_mult=2)
+    # the count the original-architecture notebook prints
+    model = build("unet_classic", "model.in_channels=3", "model.num_classes=10", "model.base_width=64",
+                  "model.padding=same", "model.batch_norm=false", "model.up_mode=transpose")
     assert sum(p.numel() for p in model.parameters()) == 31_032_330
 
 
+def test_basic_unet_parameter_count():
+    # the diffusion-course notebook's BasicUNet(in_channels=1, out_channels=1)
+    assert sum(p.numel() for p in BasicUNet(1, 1, 32).parameters()) == 309_057
+
+
+def test_variants_differ_where_they_should():
+    unpool = build("segnet_unpool")
+    strided = build("unet_strided")
+    assert any(isinstance(m, torch.nn.MaxUnpool2d) for m in unpool.modules())
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in strided.modules())
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in strided.modules())
+
+
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "factory, kwargs, message",
     [
-        ({"base_width": 0}, "base_width must be a positive integer"),
-        ({"up": "pixelshuffle"}, "up='pixelshuffle' is not supported"),
-        ({"skip": "sum"}, "skip='sum' is not supported"),
-        ({"down": "strided", "up": "unpool"}, "needs the max-pool indices"),
+        (UNet, {"base_width": 0}, "base_width must be a positive integer"),
+        (UNet, {"up": "pixelshuffle"}, "up='pixelshuffle' is not supported"),
+        (UNet, {"skip": "sum"}, "skip='sum' is not supported"),
+        (EncoderDecoder, {"down": "strided", "up": "unpool"}, "needs the max-pool indices"),
+        (EncoderDecoder, {"up": "unpool", "padding": "valid"}, "needs padding='same'"),
+        (UNetClassic, {"padding": "full"}, "padding='full' is not supported"),
+        (UNetClassic, {"up_mode": "unpool"}, "up_mode='unpool' is not supported"),
+        (BasicUNet, {"num_classes": 0}, "num_classes must be a positive integer"),
     ],
 )
-def test_model_bad_arguments(kwargs, message):
+def test_model_bad_arguments(factory, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        UNet(**kwargs)
+        factory(**kwargs)
+
+
+def test_summary_table(capsys):
+    summary.main(["--size", "32", "--base-width", "4", "--models", "unet", "basic_unet"])
+    out = capsys.readouterr().out
+    params = sum(p.numel() for p in UNet(base_width=4).parameters())
+    assert f"| `unet` | 4 | {params:,} |" in out and "| 1x1x32x32 |" in out and "`basic_unet`" in out
+
+
+def test_summary_rejects_unknown_model():
+    with pytest.raises(SystemExit):
+        summary.main(["--models", "resnet"])

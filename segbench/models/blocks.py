@@ -16,6 +16,11 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...] | dict) -> None
         raise ValueError(f"{name}={value!r} is not supported; expected one of {sorted(allowed)}")
 
 
+def check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 class ConvBlock(nn.Sequential):
     """``num_convs`` x (conv k x k -> [BatchNorm] -> activation); (B, C_in, H, W) -> (B, C_out, H, W).
 
@@ -105,6 +110,19 @@ def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     h, w = x.shape[-2:]
     top, left = (h - size[0]) // 2, (w - size[1]) // 2
     return x[..., top : top + size[0], left : left + size[1]]
+
+
+def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Mirror-pad H and W by any amount (repeated reflection when a pad exceeds the side)."""
+    while top or bottom or left or right:
+        h, w = x.shape[-2:]
+        t, b = min(top, h - 1), min(bottom, h - 1)
+        lf, r = min(left, w - 1), min(right, w - 1)
+        if max(h, w) == 1 or not (t or b or lf or r):  # a 1-pixel side cannot reflect
+            return F.pad(x, (left, right, top, bottom), mode="replicate")
+        x = F.pad(x, (lf, r, t, b), mode="reflect")
+        top, bottom, left, right = top - t, bottom - b, left - lf, right - r
+    return x
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
