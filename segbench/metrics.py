@@ -1,26 +1,39 @@
 """Segmentation metrics as a functional core: confusion counts once, every metric from them.
 
-All functions work per image: counts have shape (B,), metrics return (B,)
-float tensors; the default reduction over a dataset is the mean over images.
+Counts are per image, shape (B,); each metric returns (B,) floats. Reductions:
+``mean`` (the default reported: per-image metric, mean over images) and
+``micro`` (counts summed over the dataset, then the ratio).
 
-Empty policy: when an image's mask and prediction are both empty, the ratio
-metrics (IoU, Dice) are 0/0; we score that image 1.0 (a correct "no lesion"),
-as recorded in ``DEFINITIONS``.
+Empty policy: a ratio whose denominator is 0 scores 1.0 when the image's mask
+and prediction are both empty (a correct "no lesion") and 0.0 otherwise.
+Hausdorff distances are undefined when either boundary is empty: 0.0 when both
+are empty, NaN (left out of the mean, and counted) when only one is.
 """
 from __future__ import annotations
 
-import torch
+import math
 
-EMPTY_SCORE = 1.0
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
 
 DEFINITIONS = {
-    "prediction": "sigmoid(logits) > threshold",
-    "reduction": "per-image metric, mean over images",
-    "empty_policy": f"an image whose mask and prediction are both empty scores {EMPTY_SCORE} in IoU and Dice",
+    "prediction": "binary: sigmoid(logits) > threshold; multi-class: argmax over classes, foreground = class > 0",
+    "reduction": "mean: per-image metric, mean over images (the default, keys test/<metric>); "
+    "micro: confusion counts summed over images, then the ratio (keys test/<metric>_micro)",
+    "empty_policy": "a ratio with denominator 0 scores 1.0 when mask and prediction are both empty, else 0.0; "
+    "hd/hd95 are 0 when both are empty and NaN (excluded from the mean, counted in hd_undefined) when one is",
     "iou": "TP / (TP + FP + FN)",
     "dice": "2 TP / (2 TP + FP + FN)",
-    "iou_score": "per image clamp(20 * (IoU - 0.5), 0, 10).ceil() / 10 (seed study's thresholded IoU), mean over images",
-    "loss": "training loss on the split, mean over batches weighted by batch size",
+    "precision": "TP / (TP + FP)",
+    "recall": "TP / (TP + FN) (sensitivity)",
+    "specificity": "TN / (TN + FP)",
+    "accuracy": "(TP + TN) / (TP + FP + FN + TN)",
+    "iou_score": "per image clamp(20 * (IoU - 0.5), 0, 10).ceil() / 10 (the seed study's thresholded IoU)",
+    "hd": "symmetric Hausdorff distance between mask and prediction boundaries, pixels",
+    "hd95": "95th percentile of the boundary-to-boundary distances of both directions, pixels",
+    "loss": "the training loss on the split, mean over images",
 }
 
 
@@ -38,16 +51,40 @@ def confusion(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tenso
     return {k: v.float() for k, v in (("tp", tp), ("fp", fp), ("fn", fn), ("tn", tn))}
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, EMPTY_SCORE))
+def _ratio(num: torch.Tensor, den: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
+    both_empty = (c["tp"] + c["fp"] + c["fn"]) == 0
+    undefined = torch.where(both_empty, 1.0, 0.0).to(num)
+    return torch.where(den > 0, num / den.clamp(min=1), undefined)
 
 
 def iou(c: dict[str, torch.Tensor]) -> torch.Tensor:
-    return _ratio(c["tp"], c["tp"] + c["fp"] + c["fn"])
+    return _ratio(c["tp"], c["tp"] + c["fp"] + c["fn"], c)
 
 
 def dice(c: dict[str, torch.Tensor]) -> torch.Tensor:
-    return _ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
+    return _ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"], c)
+
+
+def precision(c: dict[str, torch.Tensor]) -> torch.Tensor:
+    return _ratio(c["tp"], c["tp"] + c["fp"], c)
+
+
+def recall(c: dict[str, torch.Tensor]) -> torch.Tensor:
+    return _ratio(c["tp"], c["tp"] + c["fn"], c)
+
+
+def specificity(c: dict[str, torch.Tensor]) -> torch.Tensor:
+    return _ratio(c["tn"], c["tn"] + c["fp"], c)
+
+
+def accuracy(c: dict[str, torch.Tensor]) -> torch.Tensor:
+    return _ratio(c["tp"] + c["tn"], c["tp"] + c["fp"] + c["fn"] + c["tn"], c)
+
+
+RATIO_METRICS = {
+    "iou": iou, "dice": dice, "precision": precision, "recall": recall,
+    "specificity": specificity, "accuracy": accuracy,
+}
 
 
 def iou_score(iou_values: torch.Tensor) -> torch.Tensor:
@@ -55,14 +92,47 @@ def iou_score(iou_values: torch.Tensor) -> torch.Tensor:
     return torch.clamp(20 * (iou_values - 0.5), 0, 10).ceil() / 10
 
 
+def all_metrics(c: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every ratio metric and the thresholded IoU, per image."""
+    out = {name: fn(c) for name, fn in RATIO_METRICS.items()}
+    out["iou_score"] = iou_score(out["iou"])
+    return out
+
+
+def micro(c: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Dataset-level ratios: counts summed over images first."""
+    total = {k: v.sum().reshape(1) for k, v in c.items()}
+    return {name: fn(total).item() for name, fn in RATIO_METRICS.items()}
+
+
 def binarize(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """(B, 1, H, W) logits -> bool prediction sigmoid(logits) > threshold."""
-    return torch.sigmoid(logits.float()) > threshold
+    """(B, C, H, W) logits -> (B, 1, H, W) bool foreground prediction."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits.float()) > threshold
+    return logits.argmax(1, keepdim=True) > 0
 
 
 def image_metrics(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
-    """Per-image IoU, Dice and thresholded IoU of logits against {0, 1} masks; each (B,)."""
-    c = confusion(binarize(logits, threshold), target)
+    """Per-image IoU, Dice and thresholded IoU of logits against masks; each (B,). Used every epoch."""
+    c = confusion(binarize(logits, threshold), target > 0)
     values = {"iou": iou(c), "dice": dice(c)}
     values["iou_score"] = iou_score(values["iou"])
     return values
+
+
+def _boundary_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distances (pixels) from each boundary pixel of ``a`` to the nearest boundary pixel of ``b``."""
+    edge_a = find_boundaries(a, mode="inner")
+    edge_b = find_boundaries(b, mode="inner")
+    return ndimage.distance_transform_edt(~edge_b)[edge_a]
+
+
+def hausdorff(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """(HD, HD95) between the boundaries of two (H, W) binary masks, in pixels."""
+    pred, target = pred.astype(bool), target.astype(bool)
+    if not pred.any() and not target.any():
+        return 0.0, 0.0
+    if not pred.any() or not target.any():
+        return math.nan, math.nan
+    d = np.concatenate([_boundary_distances(pred, target), _boundary_distances(target, pred)])
+    return float(d.max()), float(np.percentile(d, 95))

@@ -16,7 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .io import write_json
+from .evaluate import PH2_DIAGNOSIS, by_group, choose_threshold, per_image, summarize
+from .io import write_csv, write_json
 from .metrics import DEFINITIONS, image_metrics
 from .plotting import plot_curves, plot_predictions
 from .trainer import Trainer
@@ -59,8 +60,12 @@ def validate(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"trainer.{key}={value!r} is invalid; expected an integer >= 1")
     threshold = cfg.eval.threshold
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-        raise UserError(f"eval.threshold={threshold!r} is invalid; expected a number in (0, 1)")
+    if threshold != "auto" and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1
+    ):
+        raise UserError(f"eval.threshold={threshold!r} is invalid; expected a number in (0, 1) or 'auto'")
+    if cfg.eval.resolution not in ("input", "original"):
+        raise UserError(f"eval.resolution={cfg.eval.resolution!r} is invalid; expected 'input' or 'original'")
 
 
 def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
@@ -91,6 +96,16 @@ def _ensure_log_file(out_dir: Path) -> None:
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         root.addHandler(handler)
         root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
+
+
+def write_test_rows(path: Path, part, rows: dict[str, list[float]]) -> None:
+    """test_per_image.csv: case id, diagnosis (when known), every metric."""
+    columns = ["case", "diagnosis", *[k for k in rows if k not in ("tp", "fp", "fn", "tn")], "tp", "fp", "fn", "tn"]
+    table = []
+    for i, case in enumerate(part.ids):
+        label = None if part.diagnosis is None else PH2_DIAGNOSIS.get(part.diagnosis[i], part.diagnosis[i])
+        table.append({"case": case, "diagnosis": "" if label is None else label, **{k: rows[k][i] for k in rows}})
+    write_csv(path, table, columns)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -126,20 +141,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     log.info("model: %s, %s parameters", names["model"], f"{params:,}")
 
+    auto_threshold = cfg.eval.threshold == "auto"
+    fixed_threshold = 0.5 if auto_threshold else float(cfg.eval.threshold)  # used for per-epoch val scores
     trainer = Trainer(
         model, loss_fn, optimizer, scheduler, device, out_dir,
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
-        eval_batch_size=cfg.trainer.eval_batch_size, threshold=float(cfg.eval.threshold),
+        eval_batch_size=cfg.trainer.eval_batch_size, threshold=fixed_threshold,
         seed=int(cfg.seed), config=resolved, progress=bool(cfg.trainer.progress),
         log_every=int(cfg.trainer.log_every),
     )
     trainer.fit(parts["train"], parts["val"])
     trainer.load_best()
-    test = trainer.evaluate(parts["test"])
+    test_part = parts["test"]
+    threshold = choose_threshold(trainer.predict(parts["val"]), parts["val"].masks) if auto_threshold else fixed_threshold
+    test_loss = trainer.evaluate(test_part)["loss"]
+    test_logits = trainer.predict(test_part)
+    original = cfg.eval.resolution == "original"
+    masks = dataset.original_masks(test_part.ids) if original else test_part.masks
+    rows = per_image(test_logits, masks, threshold)
+    write_test_rows(out_dir / "test_per_image.csv", test_part, rows)
+    test = {"test/loss": test_loss, **summarize(rows)}
 
     metrics: dict[str, Any] = {
         "status": "done",
-        **{f"test/{k}": v for k, v in test.items()},
+        **test,
         "val/iou": trainer.best_iou,
         "best_epoch": trainer.best_epoch,
         "epochs": cfg.trainer.epochs,
@@ -152,25 +177,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         **names,
         "image_size": dataset.image_size,
         "split_digest": split["digest"],
+        "threshold": threshold,
         "definitions": {
             **DEFINITIONS,
-            "threshold": float(cfg.eval.threshold),
-            "resolution": f"{dataset.image_size}x{dataset.image_size} (network input)",
+            "threshold": threshold,
+            "threshold_mode": "auto: maximises mean val IoU over 0.05..0.95" if auto_threshold else "fixed",
+            "resolution": "original image size (predictions resized bilinearly)" if original
+            else f"{dataset.image_size}x{dataset.image_size} (network input)",
             "checkpoint": f"best val/iou (epoch {trainer.best_epoch})",
         },
     }
+    if test_part.diagnosis is not None:
+        metrics["by_diagnosis"] = by_group(rows, test_part.diagnosis, PH2_DIAGNOSIS)
     write_json(out_dir / "metrics.json", metrics)
     log.info(
-        "test (best epoch %d): iou %.4f  dice %.4f  iou_score %.4f  loss %.4f",
-        trainer.best_epoch, test["iou"], test["dice"], test["iou_score"], test["loss"],
+        "test (best epoch %d, threshold %.2f, %s resolution): iou %.4f  dice %.4f  iou_score %.4f  hd95 %.2f  loss %.4f",
+        trainer.best_epoch, threshold, cfg.eval.resolution, test["test/iou"], test["test/dice"],
+        test["test/iou_score"], test["test/hd95"], test_loss,
     )
 
     title = f"{names['model']} / {names['loss']} / {names['dataset']}"
     plot_curves(out_dir / "history.csv", out_dir / "curves.png", title)
     shown = parts["test"].subset(parts["test"].ids[: int(cfg.eval.num_predictions)])
     logits = trainer.predict(shown)
-    scores = image_metrics(logits, shown.masks.float(), float(cfg.eval.threshold))["iou"].tolist()
-    plot_predictions(shown.images, shown.masks, torch.sigmoid(logits), shown.ids, scores,
-                     out_dir / "predictions.png", float(cfg.eval.threshold))
+    scores = image_metrics(logits, shown.masks, threshold)["iou"].tolist()
+    probs = torch.sigmoid(logits) if logits.shape[1] == 1 else 1 - torch.softmax(logits, 1)[:, :1]
+    plot_predictions(shown.images, shown.masks, probs, shown.ids, scores, out_dir / "predictions.png", threshold)
     log.info("wrote %s", out_dir)
     return metrics

@@ -12,7 +12,7 @@ from tests.conftest import TINY, compose_cfg, run_cli
 
 RUN_FILES = [
     ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log", "split.json",
-    "history.csv", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt", "curves.png", "predictions.png",
+    "history.csv", "metrics.json", "test_per_image.csv", "checkpoints/best.pt", "checkpoints/last.pt", "curves.png", "predictions.png",
 ]
 
 
@@ -33,7 +33,13 @@ def test_cli_tiny_run_writes_the_run_dir(tmp_path):
     for key in ("test/iou", "test/dice", "test/iou_score", "test/loss", "train_time_s", "images_per_s"):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
     assert metrics["params"] > 0 and metrics["model"] == "unet" and metrics["dataset"] == "synthetic"
-    assert metrics["definitions"]["threshold"] == 0.5
+    assert metrics["definitions"]["threshold"] == 0.5 and metrics["definitions"]["threshold_mode"] == "fixed"
+    for key in ("test/precision", "test/recall", "test/specificity", "test/accuracy", "test/iou_micro"):
+        assert 0 <= metrics[key] <= 1, key
+    assert "by_diagnosis" not in metrics  # synthetic cases have no diagnosis
+    per_image = (run_dir / "test_per_image.csv").read_text().splitlines()
+    assert per_image[0].startswith("case,diagnosis,iou,dice,precision,recall,specificity,accuracy,iou_score,hd,hd95")
+    assert len(per_image) == 1 + 3
 
     split = json.loads((run_dir / "split.json").read_text())
     assert [len(split[k]) for k in ("train", "val", "test")] == [6, 3, 3]
@@ -86,6 +92,9 @@ def test_unknown_model_lists_the_options(tmp_path):
         ("trainer.epochs=0", "trainer.epochs=0 is invalid"),
         ("trainer.batch_size=-2", "trainer.batch_size=-2 is invalid"),
         ("eval.threshold=1.5", "eval.threshold=1.5 is invalid"),
+        ("eval.threshold=best", "eval.threshold='best' is invalid"),
+        ("eval.resolution=full", "eval.resolution='full' is invalid"),
+        ("loss=focal loss.gamma=-1", "gamma must be a finite number >= 0"),
         ("trainer.device=tpu", "trainer.device='tpu'"),
         ("model.base_width=0", "base_width must be a positive integer"),
         ("dataset.split_sizes=[100,10,10]", "exceed the 12 cases"),
@@ -93,4 +102,27 @@ def test_unknown_model_lists_the_options(tmp_path):
 )
 def test_bad_config_values(tmp_path, override, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[")):
-        run(compose_cfg([*TINY, override, f"output_dir={tmp_path}"]))
+        run(compose_cfg([*TINY, *override.split(), f"output_dir={tmp_path}"]))
+
+
+def test_auto_threshold_and_original_resolution_on_ph2_layout(fake_ph2, tmp_path):
+    """dataset=ph2 on a small PH2-layout tree: diagnosis breakdown, auto threshold, original-size masks."""
+    overrides = [o for o in TINY if not o.startswith("dataset")] + [
+        "dataset=ph2", f"dataset.root={fake_ph2}", "dataset.image_size=16", "dataset.split_sizes=[3,3,3]",
+        f"cache_dir={tmp_path / 'cache'}", "eval.threshold=auto", "eval.resolution=original",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    metrics = run(compose_cfg(overrides))
+    assert metrics["definitions"]["threshold_mode"].startswith("auto")
+    assert metrics["threshold"] in [round(0.05 * i, 2) for i in range(1, 20)]
+    assert metrics["definitions"]["resolution"].startswith("original")
+    # the fake tree's diagnoses are i % 3 for IMD001..IMD009: three of each, one of each in the test split
+    assert set(metrics["by_diagnosis"]) == {"common_nevus", "atypical_nevus", "melanoma"}
+    assert sum(group["n"] for group in metrics["by_diagnosis"].values()) == 3
+    rows = (tmp_path / "run" / "test_per_image.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {r.split(",")[header.index("diagnosis")] for r in rows[1:]} == {"common_nevus", "atypical_nevus", "melanoma"}
+    tp, fp, fn, tn = (header.index(k) for k in ("tp", "fp", "fn", "tn"))
+    for r in rows[1:]:  # counts cover the original 40x48 or 41x48 mask, not the 16x16 input
+        cells = r.split(",")
+        assert sum(float(cells[i]) for i in (tp, fp, fn, tn)) in (40 * 48, 41 * 48)

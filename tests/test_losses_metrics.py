@@ -1,81 +1,56 @@
+"""Metrics on hand-computed masks (losses are in test_losses.py)."""
 import math
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from segbench import metrics as M
-from segbench.losses import BCELoss, DiceLoss
+from segbench.evaluate import by_group, choose_threshold, per_image, summarize
 
-BIG = 100.0  # sigmoid(100) == 1 and sigmoid(-100) == 0 in float32
-
-
-def as_map(values):
-    """A list of per-pixel values -> (1, 1, 1, N) tensor."""
-    return torch.tensor(values, dtype=torch.float32).view(1, 1, 1, -1)
+BIG = 100.0
 
 
-def test_bce_hand_computed():
-    # mean(log(1 + e^-2), log(1 + e^-1)) = (0.126928 + 0.313262) / 2
-    loss = BCELoss()(as_map([2.0, -1.0]), as_map([1, 0]))
-    assert loss.item() == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))) / 2, abs=1e-6)
-    assert BCELoss()(as_map([0.0]), as_map([1])).item() == pytest.approx(math.log(2), abs=1e-6)
-
-
-def test_bce_equals_torch_and_is_stable():
-    logits = torch.randn(2, 1, 8, 8) * 5
-    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
-    expected = F.binary_cross_entropy_with_logits(logits, target)
-    assert BCELoss()(logits, target).item() == pytest.approx(expected.item(), abs=1e-6)
-    extreme = torch.tensor([BIG, -BIG, BIG, -BIG]).view(1, 1, 2, 2).requires_grad_()
-    loss = BCELoss()(extreme, as_map([0, 1, 1, 0]).view(1, 1, 2, 2))
-    loss.backward()
-    assert loss.item() == pytest.approx(BIG / 2, rel=1e-5)  # two pixels wrong by 100 nats, two right
-    assert torch.isfinite(extreme.grad).all()
-
-
-@pytest.mark.parametrize(
-    "logits, target, expected",
-    [
-        ([BIG, BIG, -BIG, -BIG], [1, 1, 0, 0], 0.0),  # perfect: (2*2+1)/(2+2+1)
-        ([-BIG, -BIG, -BIG, -BIG], [1, 1, 1, 1], 0.8),  # all wrong: 1 - 1/(0+4+1)
-        ([0.0, 0.0, 0.0, 0.0], [1, 1, 0, 0], 0.4),  # p = 0.5: 1 - (2*1+1)/(2+2+1)
-    ],
-)
-def test_dice_hand_computed(logits, target, expected):
-    assert DiceLoss(smooth=1.0)(as_map(logits), as_map(target)).item() == pytest.approx(expected, abs=1e-6)
-
-
-def test_dice_gradients_finite_for_extreme_logits():
-    logits = torch.tensor([BIG, -BIG, BIG, -BIG]).view(1, 1, 2, 2).requires_grad_()
-    DiceLoss()(logits, torch.tensor([1.0, 1, 0, 0]).view(1, 1, 2, 2)).backward()
-    assert torch.isfinite(logits.grad).all()
-
-
-@pytest.mark.parametrize("bad", [-1.0, float("nan")])
-def test_dice_rejects_bad_smooth(bad):
-    with pytest.raises(ValueError, match="smooth must be >= 0"):
-        DiceLoss(smooth=bad)
-
-
-def test_confusion_iou_dice_hand_computed():
+def test_confusion_and_every_ratio_metric():
     pred = torch.tensor([[1, 1, 0, 0]]).bool()
     target = torch.tensor([[1, 0, 1, 0]])
     c = M.confusion(pred, target)
     assert [c[k].item() for k in ("tp", "fp", "fn", "tn")] == [1, 1, 1, 1]
-    assert M.iou(c).item() == pytest.approx(1 / 3)
-    assert M.dice(c).item() == pytest.approx(0.5)
+    values = M.all_metrics(c)
+    assert values["iou"].item() == pytest.approx(1 / 3)
+    assert values["dice"].item() == pytest.approx(0.5)
+    for name in ("precision", "recall", "specificity", "accuracy"):
+        assert values[name].item() == pytest.approx(0.5), name
+
+
+def test_metrics_on_a_3x3_case():
+    # target: 4 pixels; prediction: 3 of them plus 2 outside -> tp 3, fp 2, fn 1, tn 3
+    target = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+    pred = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 0, 0]])
+    v = M.all_metrics(M.confusion(pred[None], target[None]))
+    expected = {"iou": 3 / 6, "dice": 6 / 9, "precision": 3 / 5, "recall": 3 / 4, "specificity": 3 / 5, "accuracy": 6 / 9}
+    assert {k: v[k].item() for k in expected} == pytest.approx(expected)
 
 
 def test_empty_policy():
-    empty = torch.zeros(1, 4)
-    full = torch.ones(1, 4)
-    both_empty = M.confusion(empty, empty)
-    assert M.iou(both_empty).item() == 1.0 and M.dice(both_empty).item() == 1.0
-    missed = M.confusion(empty, full)
-    assert M.iou(missed).item() == 0.0 and M.dice(missed).item() == 0.0
-    hallucinated = M.confusion(full, empty)
-    assert M.iou(hallucinated).item() == 0.0
+    empty, full = torch.zeros(1, 4), torch.ones(1, 4)
+    both_empty = M.all_metrics(M.confusion(empty, empty))
+    assert all(v.item() == 1.0 for v in both_empty.values())
+    missed = M.all_metrics(M.confusion(empty, full))  # precision 0/0 with a lesion to find -> 0
+    assert missed["iou"].item() == 0.0 and missed["precision"].item() == 0.0 and missed["recall"].item() == 0.0
+    hallucinated = M.all_metrics(M.confusion(full, empty))  # recall 0/0 with a false alarm -> 0
+    assert hallucinated["iou"].item() == 0.0 and hallucinated["recall"].item() == 0.0
+    assert hallucinated["specificity"].item() == 0.0
+
+
+def test_mean_and_micro_reductions():
+    # image 0: tp 1, fp 1, fn 1 (IoU 1/3); image 1: both empty (IoU 1 by policy)
+    pred = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])
+    target = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0]])
+    c = M.confusion(pred, target)
+    assert M.iou(c).mean().item() == pytest.approx((1 / 3 + 1) / 2)
+    assert M.micro(c)["iou"] == pytest.approx(1 / 3)
+    assert M.micro(c)["accuracy"] == pytest.approx(6 / 8)
 
 
 @pytest.mark.parametrize(
@@ -93,3 +68,62 @@ def test_image_metrics_per_image():
     assert out["iou"].tolist() == pytest.approx([1.0, 0.5])
     assert out["dice"].tolist() == pytest.approx([1.0, 2 / 3])
     assert out["iou_score"].tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_multiclass_prediction_is_argmax_foreground():
+    logits = torch.zeros(1, 3, 1, 3)
+    logits[0, 0, 0, 0] = logits[0, 1, 0, 1] = logits[0, 2, 0, 2] = 5.0  # classes 0, 1, 2
+    assert M.binarize(logits).flatten().tolist() == [False, True, True]
+
+
+def squares(shift: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    a = np.zeros((size, size), bool)
+    b = np.zeros((size, size), bool)
+    a[10:30, 10:30] = True
+    b[10:30, 10 + shift : 30 + shift] = True
+    return a, b
+
+
+def test_hausdorff_of_shifted_squares():
+    # Two 20x20 squares 5 px apart along x: every boundary distance is in 0..5, the largest 5,
+    # and 60 of the 152 boundary distances are exactly 5, so HD = HD95 = 5.
+    a, b = squares(5)
+    assert M.hausdorff(a, b) == pytest.approx((5.0, 5.0))
+    # A stray predicted pixel 31 px below the square's boundary moves HD, not HD95.
+    b_stray = b.copy()
+    b_stray[60, 20] = True
+    hd, hd95 = M.hausdorff(b_stray, a)
+    assert hd == pytest.approx(31.0) and hd95 == pytest.approx(5.0)
+    assert M.hausdorff(a, a) == (0.0, 0.0)
+
+
+def test_hausdorff_empty_policy():
+    empty = np.zeros((8, 8), bool)
+    a, _ = squares(0, size=40)
+    assert M.hausdorff(empty, empty) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in M.hausdorff(empty, a))
+
+
+def test_choose_threshold_maximises_val_iou():
+    # lesion pixels at p = 0.32, background at p = 0.12: thresholds 0.15..0.30 separate them;
+    # 0.15 is the first of the grid that does
+    probs = torch.tensor([0.32, 0.32, 0.12, 0.12]).view(1, 1, 2, 2)
+    logits = torch.log(probs / (1 - probs))
+    assert choose_threshold(logits, torch.tensor([1, 1, 0, 0]).view(1, 1, 2, 2)) == 0.15
+
+
+def test_per_image_at_original_resolution():
+    # 2x2 logits (left column lesion) resized bilinearly to 4x4: columns 100, 50, -50, -100
+    logits = torch.tensor([[BIG, -BIG], [BIG, -BIG]]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    left_half = np.zeros((4, 4), bool)
+    left_half[:, :2] = True
+    first_col = np.zeros((4, 4), bool)
+    first_col[:, 0] = True
+    rows = per_image(logits, [left_half, first_col], threshold=0.5)
+    assert rows["iou"] == pytest.approx([1.0, 0.5])
+    assert rows["tp"] == [8, 4] and rows["fp"] == [0, 4]
+    summary = summarize(rows)
+    assert summary["test/iou"] == pytest.approx(0.75)
+    assert summary["test/iou_micro"] == pytest.approx(12 / 16)
+    groups = by_group(rows, [0, 2], {0: "common_nevus", 2: "melanoma"})
+    assert groups["melanoma"]["n"] == 1 and groups["melanoma"]["iou"] == pytest.approx(0.5)

@@ -135,5 +135,10 @@ class SegDataset:
             "digest": split_digest(parts),
         }
 
+    def original_masks(self, ids: Sequence[str]) -> list[np.ndarray]:
+        """Masks at the dataset's original resolution, (H0, W0) each; here the loaded size."""
+        data = self.arrays.subset(ids)
+        return [m[0].numpy() for m in data.masks]
+
     def parts(self, split: dict) -> dict[str, SegArrays]:
         return {name: self.arrays.subset(split[name]) for name in ("train", "val", "test")}

@@ -122,6 +122,20 @@ def _read(path: Path) -> np.ndarray:
         raise DataError(f"cannot read image file '{path}': {exc}") from exc
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A lesion mask file as an (H, W) bool array; boolean, 0/1 and 0/255 (also 3-channel) masks decode alike."""
+    mask = _read(path)
+    if mask.ndim == 3:  # some PH2 masks decode as 3-channel 0/255 images
+        mask = mask[..., :3].max(axis=-1)
+    levels = np.unique(mask)
+    if len(levels) > 2:
+        raise DataError(
+            f"mask '{path}' has {len(levels)} distinct values ({levels[:6].tolist()}...); "
+            "expected a binary mask (boolean, 0/1 or 0/255)"
+        )
+    return (mask == levels.max()) if len(levels) == 2 else (mask > 0)
+
+
 def load_case(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode and resize one case.
 
@@ -135,21 +149,12 @@ def load_case(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray,
     if image.ndim != 3 or image.shape[-1] not in (3, 4):
         raise DataError(f"image '{image_path}' has shape {image.shape}; expected (H, W, 3) RGB")
     image = image[..., :3]
-    mask = _read(mask_path)
-    if mask.ndim == 3:  # some PH2 masks decode as 3-channel 0/255 images
-        mask = mask[..., :3].max(axis=-1)
-    if mask.shape != image.shape[:2]:
+    binary = read_mask(mask_path)
+    if binary.shape != image.shape[:2]:
         raise DataError(
-            f"mask '{mask_path}' is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"mask '{mask_path}' is {binary.shape[1]}x{binary.shape[0]} but its image "
             f"'{image_path.name}' is {image.shape[1]}x{image.shape[0]}; they must match"
         )
-    levels = np.unique(mask)
-    if len(levels) > 2:
-        raise DataError(
-            f"mask '{mask_path}' has {len(levels)} distinct values ({levels[:6].tolist()}...); "
-            "expected a binary mask (boolean, 0/1 or 0/255)"
-        )
-    binary = (mask == levels.max()) if len(levels) == 2 else (mask > 0)
     if image.dtype != np.uint8:
         image = (image.astype(np.float64) / np.iinfo(image.dtype).max * 255).astype(np.uint8)
     img = resize(image.astype(np.float32) / 255.0, (size, size), anti_aliasing=True)
@@ -206,10 +211,17 @@ class PH2(SegDataset):
         self.cache_dir = Path(str(cache_dir)).expanduser() if cache_dir else None
         self.workers = max(1, int(workers))
         self.cache_hit: bool | None = None
+        self._mask_files: dict[str, Path] = {}
+
+    def original_masks(self, ids: Sequence[str]) -> list[np.ndarray]:
+        """The expert masks at their original resolution, (H0, W0) bool each, read from the files."""
+        self.arrays  # noqa: B018  (lists the case files)
+        return [read_mask(self._mask_files[case]) for case in ids]
 
     def load_arrays(self) -> SegArrays:
         cases, images_dir = find_cases(self.root)
         ids = [c for c, _, _ in cases]
+        self._mask_files = {c: m for c, _, m in cases}
         if len(set(ids)) != len(ids):
             dup = sorted({c for c in ids if ids.count(c) > 1})
             raise DataError(f"duplicate case ids {dup} under '{images_dir}'")
