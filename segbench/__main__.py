@@ -5,6 +5,8 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from segbench.errors import UserError
@@ -13,16 +15,25 @@ log = logging.getLogger("segbench")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Returns the best validation IoU (what a Hydra sweeper would optimise)."""
+def main(cfg: DictConfig) -> float | None:
+    """Returns the best validation IoU (what a Hydra sweeper would optimise).
+
+    In a multirun, a failed job is logged and recorded (``metrics.json`` status
+    ``failed``) and the sweep goes on; the report callback lists it at the end.
+    """
     from segbench.train import run  # imported here so `--help` stays fast
 
     try:
         metrics = run(cfg)
-    except UserError as exc:
-        log.error("%s", exc)
-        print(f"segbench: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except Exception as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=not isinstance(exc, UserError))
+            return None
+        if isinstance(exc, UserError):
+            log.error("%s", exc)
+            print(f"segbench: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
     return float(metrics["val/iou"])
 
 

@@ -53,7 +53,7 @@ def write_json(path: Path, data: dict) -> None:
 
 def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     _atomic(path, lambda f: f.write(buf.getvalue()), "w")

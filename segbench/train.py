@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,11 +26,17 @@ from .trainer import Trainer
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda > mps > cpu; an explicit device must exist."""
+def resolve_device(name: str, job_num: int | None = None) -> torch.device:
+    """``auto`` -> cuda > mps > cpu; an explicit device must exist.
+
+    In a multirun (``job_num`` given) on a machine with several GPUs, ``auto``
+    spreads jobs over them round-robin (job i on GPU i mod count), so parallel
+    launchers such as joblib give each job its own GPU.
+    """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            count = torch.cuda.device_count()
+            return torch.device(f"cuda:{job_num % count}" if job_num is not None and count > 1 else "cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -109,13 +116,27 @@ def write_test_rows(path: Path, part, rows: dict[str, list[float]]) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and test one configuration; returns the metrics written to ``metrics.json``."""
-    start = time.perf_counter()
+    """Train and test one configuration; returns the metrics written to ``metrics.json``.
+
+    A run that raises still leaves a ``metrics.json``, with status ``failed``
+    (or ``interrupted``) and the error, next to its last good checkpoint.
+    """
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _ensure_log_file(out_dir)
+    try:
+        return _run(cfg, out_dir)
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        write_json(out_dir / "metrics.json", {"status": status, "error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    start = time.perf_counter()
     validate(cfg)
-    device = resolve_device(str(cfg.trainer.device))
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    device = resolve_device(str(cfg.trainer.device), HydraConfig.get().job.num if multirun else None)
     seed_everything(int(cfg.seed))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     names = _choices(cfg)

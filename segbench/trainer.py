@@ -22,6 +22,10 @@ from .metrics import image_metrics
 
 log = logging.getLogger(__name__)
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and batch."""
+
+
 HISTORY_COLUMNS = ["epoch", "lr", "train/loss", "train/iou", "val/loss", "val/iou", "val/dice", "time"]
 
 
@@ -145,6 +149,7 @@ class Trainer:
         order = torch.randperm(n, generator=self.generator).to(self.device)
         loss_sum = torch.zeros((), device=self.device)
         iou_sum = torch.zeros((), device=self.device)
+        first_bad = torch.zeros((), dtype=torch.long, device=self.device)  # 1-based batch of the first non-finite loss
         starts = range(0, n, self.batch_size)
         bar = tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not self.progress, dynamic_ncols=True)
         for step, b in enumerate(bar, 1):
@@ -155,10 +160,19 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            bad = (first_bad == 0) & ~torch.isfinite(loss.detach())
+            first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
             loss_sum += loss.detach() * len(idx)
             iou_sum += image_metrics(logits.detach(), y, self.threshold)["iou"].sum()
             if self.progress and (step % self.log_every == 0 or step == len(starts)):
                 bar.set_postfix(loss=f"{loss_sum.item() / min(b + self.batch_size, n):.4f}")
+        if first_bad.item():
+            raise TrainingDiverged(
+                f"the training loss became {loss_sum.item()} at epoch {epoch}, batch {first_bad.item()} of "
+                f"{len(starts)}; likely causes: a learning rate too high for this model and loss "
+                f"(try a smaller optimizer.lr), or a loss that is not stable from logits"
+                + (f"; the last good checkpoint is {self.out_dir / 'checkpoints' / 'last.pt'}" if self.history else "")
+            )
         return {"loss": loss_sum.item() / n, "iou": iou_sum.item() / n}
 
     @torch.inference_mode()

@@ -126,3 +126,14 @@ def test_auto_threshold_and_original_resolution_on_ph2_layout(fake_ph2, tmp_path
     for r in rows[1:]:  # counts cover the original 40x48 or 41x48 mask, not the 16x16 input
         cells = r.split(",")
         assert sum(float(cells[i]) for i in (tp, fp, fn, tn)) in (40 * 48, 41 * 48)
+
+
+def test_auto_device_spreads_multirun_jobs_over_gpus(monkeypatch):
+    from segbench.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [str(resolve_device("auto", job)) for job in (0, 1, 2, 3)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert str(resolve_device("auto")) == "cuda"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert str(resolve_device("auto", 5)) == "cuda"

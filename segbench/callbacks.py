@@ -1,0 +1,55 @@
+"""Hydra callback: at the end of a multirun, write the comparison report at the sweep root."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .report import build_report, find_runs
+
+log = logging.getLogger(__name__)
+
+
+class ReportCallback(Callback):
+    """Names job dirs by the swept overrides; builds the report in ``hydra.sweep.dir`` at the end.
+
+    The report is written after every job of the sweep, failed ones included
+    (the entry point records a failed job instead of stopping the sweep); the
+    process then exits with status 1 when any job failed, so scripts notice.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Leave the overrides every job shares out of the job dir names (``loss=dice,model=unet``).
+
+        Hydra composes each job from ``hydra.overrides.hydra`` plus the job's own
+        overrides, so one more Hydra override extends ``exclude_keys`` for all jobs.
+        """
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        if not any(o.is_sweep_override() for o in parsed):
+            return
+        fixed = [o.key_or_group for o in parsed if not o.is_sweep_override()]
+        keys = list(config.hydra.job.config.override_dirname.exclude_keys) + fixed
+        read_only = OmegaConf.is_readonly(config)
+        OmegaConf.set_readonly(config, False)
+        with open_dict(config):
+            config.hydra.overrides.hydra.append(
+                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"
+            )
+        OmegaConf.set_readonly(config, read_only)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = find_runs([sweep_dir])
+        if not runs:
+            log.warning("no run directories under %s; no report written", sweep_dir)
+            return
+        counts = build_report(runs, sweep_dir)
+        log.info("comparison report: %s (%d runs, %d failed)", sweep_dir / "summary.md", counts["runs"], counts["failed"])
+        if counts["failed"]:
+            raise SystemExit(
+                f"segbench: {counts['failed']} of {counts['runs']} jobs failed; see {sweep_dir / 'summary.md'}"
+            )

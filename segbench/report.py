@@ -1,0 +1,246 @@
+"""Comparison report over run directories: summary tables and plots a person would rather look at.
+
+Reads only what runs wrote (``.hydra/``, ``metrics.json``, ``history.csv``,
+``split.json``); used by the multirun callback and by ``python -m segbench.compare``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from .io import read_csv, write_csv  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SCORES = ["test/iou", "test/dice", "test/iou_score"]
+NUMBERS = [*SCORES, "best_epoch", "params", "train_time_s", "images_per_s"]
+IGNORED_OVERRIDES = ("model", "loss", "seed", "trainer.resume", "trainer.device", "trainer.progress")
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories (those holding ``.hydra/config.yaml``) at or below each path, sorted."""
+    runs: set[Path] = set()
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"'{path}' is not a directory; expected a run or sweep directory")
+        runs.update(p.parent.parent for p in path.rglob(".hydra/config.yaml"))
+    return sorted(runs)
+
+
+def _load_yaml(path: Path):
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def load_run(run_dir: Path) -> dict:
+    """One run as a flat row: names, overrides, status, metrics, history."""
+    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+    hydra_cfg = (_load_yaml(run_dir / ".hydra" / "hydra.yaml") or {}).get("hydra", {})
+    choices = hydra_cfg.get("runtime", {}).get("choices", {})
+    config = _load_yaml(run_dir / ".hydra" / "config.yaml") or {}
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    history = read_csv(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else []
+    split = json.loads((run_dir / "split.json").read_text()) if (run_dir / "split.json").is_file() else {}
+    status = metrics.get("status") or ("incomplete" if history else "not started")
+    other = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in IGNORED_OVERRIDES)
+    row = {
+        "other": other,
+        "run": run_dir,
+        "model": metrics.get("model") or choices.get("model", "?"),
+        "loss": metrics.get("loss") or choices.get("loss", "?"),
+        "seed": config.get("seed"),
+        "status": status,
+        "error": metrics.get("error", ""),
+        "split": metrics.get("split_digest") or split.get("digest", ""),
+        "history": history,
+    }
+    row.update({k: metrics.get(k, math.nan) for k in NUMBERS})
+    return row
+
+
+def split_common_overrides(rows: Sequence[dict]) -> list[str]:
+    """Keep in each row's ``overrides`` only what varies between runs; return what all runs share."""
+    common = set.intersection(*(set(r["other"]) for r in rows)) if rows else set()
+    for r in rows:
+        r["overrides"] = ",".join(o for o in r["other"] if o not in common)
+    return sorted(common)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def aggregate(rows: Sequence[dict]) -> list[dict]:
+    """One row per configuration (model, loss, other overrides): mean and std over seeds, ranked by test IoU."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["loss"], r["overrides"]), []).append(r)
+    table = []
+    for (model, loss, overrides), runs in groups.items():
+        done = [r for r in runs if r["status"] == "done"]
+        row = {"model": model, "loss": loss, "overrides": overrides, "runs": len(runs),
+               "done": len(done), "failed": sum(r["status"] == "failed" for r in runs)}
+        for key in NUMBERS:
+            row[key], row[f"{key}_std"] = _mean_std([r[key] for r in done])
+        row["status"] = "done" if len(done) == len(runs) else ("failed" if not done else "partial")
+        row["seeds"] = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: str(r["seed"])))
+        row["errors"] = " | ".join(sorted({r["error"] for r in runs if r["error"]}))
+        table.append(row)
+    table.sort(key=lambda r: (math.isnan(r["test/iou"]), -np.nan_to_num(r["test/iou"], nan=-1.0)))
+    return table
+
+
+def _fmt(value: float, std: float | None = None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{value:.{digits}f}"
+    return f"{text} ± {std:.{digits}f}" if std is not None and not math.isnan(std) else text
+
+
+def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, common: Sequence[str]) -> str:
+    seeds = any(r["runs"] > 1 for r in table)
+    lines = [
+        f"# segbench comparison: {len(rows)} runs, {len(table)} configurations",
+        "",
+        f"Done: {sum(r['status'] == 'done' for r in rows)}, failed: {sum(r['status'] == 'failed' for r in rows)}, "
+        f"other: {sum(r['status'] not in ('done', 'failed') for r in rows)}. "
+        "Ranked by mean test IoU (per-image mean of the best checkpoint)"
+        + (", mean ± std over seeds." if seeds else "."),
+        "",
+        split_note,
+        "",
+        f"Overrides shared by all runs: `{' '.join(common)}`" if common else "No overrides shared by all runs.",
+        "",
+        "| rank | model | loss | overrides | test IoU | test Dice | thr. IoU | best epoch | params | train time (s) | images/s | runs | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(table, 1):
+        sd = (lambda k: r[f"{k}_std"]) if r["done"] > 1 else (lambda k: None)
+        params = "-" if math.isnan(r["params"]) else f"{int(r['params']):,}"
+        status = r["status"] + (f" ({r['failed']} failed)" if r["failed"] and r["status"] != "failed" else "")
+        lines.append(
+            f"| {i} | {r['model']} | {r['loss']} | {r['overrides'] or '-'} | {_fmt(r['test/iou'], sd('test/iou'))} "
+            f"| {_fmt(r['test/dice'], sd('test/dice'))} | {_fmt(r['test/iou_score'], sd('test/iou_score'))} "
+            f"| {_fmt(r['best_epoch'], digits=1)} | {params} | {_fmt(r['train_time_s'], digits=1)} "
+            f"| {_fmt(r['images_per_s'], digits=1)} | {r['runs']} | {status} |"
+        )
+    failed = [r for r in rows if r["status"] != "done"]
+    if failed:
+        lines += ["", "## Runs that did not finish", ""]
+        lines += [f"- `{r['run'].name}` ({r['status']}): {r['error'] or 'no metrics.json'}" for r in failed]
+    lines += ["", "Plots: `val_iou_curves.png`, `val_loss_curves.png`, `test_scores.png`, `heatmap_test_iou.png`.", ""]
+    return "\n".join(lines)
+
+
+def _label(r: dict) -> str:
+    parts = [r["model"], r["loss"]] + ([r["overrides"]] if r["overrides"] else [])
+    if r.get("seed") is not None:
+        parts.append(f"seed={r['seed']}")
+    return " / ".join(parts)
+
+
+def _curves(rows: Sequence[dict], key: str, ylabel: str, out: Path) -> None:
+    runs = [r for r in rows if r["history"]]
+    fig, ax = plt.subplots(figsize=(12, 6.5))
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(runs), 1)))
+    styles = ["-", "--", ":", "-."]
+    for i, r in enumerate(runs):
+        epochs = [int(h["epoch"]) for h in r["history"]]
+        values = [float(h[key]) for h in r["history"]]
+        ax.plot(epochs, values, styles[(i // 20) % 4], color=colors[i], lw=1.6, label=_label(r))
+    ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} of {len(runs)} runs")
+    ax.grid(alpha=0.3)
+    if runs:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def _bars(table: Sequence[dict], out: Path) -> None:
+    done = [r for r in table if not math.isnan(r["test/iou"])][::-1]  # best at the top
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.42 * max(len(done), 1)))
+    y = np.arange(len(done))
+    height = 0.27
+    for j, (key, name) in enumerate(zip(SCORES, ["IoU", "Dice", "thresholded IoU"])):
+        means = [r[key] for r in done]
+        errs = [0 if r["done"] < 2 else r[f"{key}_std"] for r in done]
+        ax.barh(y + (j - 1) * height, means, height, xerr=errs, label=name, capsize=2)
+    ax.set_yticks(y, [" / ".join(p for p in (r["model"], r["loss"], r["overrides"]) if p) for r in done], fontsize=8)
+    ax.set(xlim=(0, 1), xlabel="test score (per-image mean)", title="test scores by configuration")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def _heatmap(table: Sequence[dict], out: Path) -> None:
+    models = sorted({r["model"] for r in table})
+    losses = sorted({r["loss"] for r in table})
+    grid = np.full((len(models), len(losses)), np.nan)
+    for i, m in enumerate(models):
+        for j, lo in enumerate(losses):
+            values = [r["test/iou"] for r in table if r["model"] == m and r["loss"] == lo]
+            values = [v for v in values if not math.isnan(v)]
+            if values:
+                grid[i, j] = float(np.mean(values))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(losses), 1.2 + 0.7 * len(models)))
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0,
+                   vmax=np.nanmax(grid) if np.isfinite(grid).any() else 1, aspect="auto")
+    for i in range(len(models)):
+        for j in range(len(losses)):
+            text = "failed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                    color="white" if np.isnan(grid[i, j]) or grid[i, j] < np.nanmean(grid) else "black")
+    ax.set_xticks(range(len(losses)), losses)
+    ax.set_yticks(range(len(models)), models)
+    ax.set(xlabel="loss", ylabel="model", title="test IoU (mean over runs)")
+    ax.set_facecolor("0.35")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def build_report(run_dirs: Sequence[Path], out_dir: Path) -> dict:
+    """Write summary.csv, runs.csv, summary.md and the plots into ``out_dir``; returns counts."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [load_run(d) for d in run_dirs]
+    common = split_common_overrides(rows)
+    table = aggregate(rows)
+    splits = sorted({r["split"] for r in rows if r["split"]})
+    if len(splits) > 1:
+        split_note = (f"**Warning: the runs do not share one split** ({len(splits)} different split digests: "
+                      f"{', '.join(splits)}); their test scores are not comparable.")
+    else:
+        split_note = f"All runs use the same split (digest {splits[0]})." if splits else "No split recorded."
+    columns = ["model", "loss", "overrides", "runs", "done", "failed", "status", "seeds"]
+    columns += [c for k in NUMBERS for c in (k, f"{k}_std")] + ["errors"]
+    write_csv(out_dir / "summary.csv", table, columns)
+    run_columns = ["run", "model", "loss", "overrides", "seed", "status", *NUMBERS, "split", "error"]
+    write_csv(out_dir / "runs.csv", [{**r, "run": str(r["run"])} for r in rows],
+              run_columns)  # the history is not written
+    (out_dir / "summary.md").write_text(_markdown(table, rows, split_note, common))
+    _curves(rows, "val/iou", "val IoU", out_dir / "val_iou_curves.png")
+    _curves(rows, "val/loss", "val loss", out_dir / "val_loss_curves.png")
+    _bars(table, out_dir / "test_scores.png")
+    _heatmap(table, out_dir / "heatmap_test_iou.png")
+    counts = {"runs": len(rows), "configs": len(table), "done": sum(r["status"] == "done" for r in rows),
+              "failed": sum(r["status"] == "failed" for r in rows), "splits": len(splits)}
+    log.info("report: %s in %s", counts, out_dir)
+    return counts
