@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from segbench.errors import UserError
+from segbench.errors import SegbenchError
 
 log = logging.getLogger("segbench")
 
@@ -27,9 +27,9 @@ def main(cfg: DictConfig) -> float | None:
         metrics = run(cfg)
     except Exception as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=not isinstance(exc, UserError))
+            log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=not isinstance(exc, SegbenchError))
             return None
-        if isinstance(exc, UserError):
+        if isinstance(exc, SegbenchError):
             log.error("%s", exc)
             print(f"segbench: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None

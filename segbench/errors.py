@@ -1,8 +1,17 @@
-"""Errors a user can fix (bad config value, missing or damaged data).
+"""Errors segbench reports with a clear message instead of a traceback.
 
-The CLI prints their message without a traceback; everything else is a bug.
+The CLI prints their message (no stack trace) and exits with status 2; in a
+multirun the job is recorded as failed and the sweep goes on.
 """
 
 
-class UserError(ValueError):
+class SegbenchError(Exception):
+    """An error whose message says what happened and what to do."""
+
+
+class UserError(SegbenchError, ValueError):
     """Bad input from the user; the message names the key, file or value and what is expected."""
+
+
+class TrainingError(SegbenchError, RuntimeError):
+    """Training cannot go on (loss became NaN, out of memory); the message names where and why."""

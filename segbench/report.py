@@ -145,23 +145,35 @@ def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, comm
     return "\n".join(lines)
 
 
-def _label(r: dict) -> str:
+def _label(r: dict, with_seed: bool) -> str:
     parts = [r["model"], r["loss"]] + ([r["overrides"]] if r["overrides"] else [])
-    if r.get("seed") is not None:
+    if with_seed:
         parts.append(f"seed={r['seed']}")
     return " / ".join(parts)
 
 
 def _curves(rows: Sequence[dict], key: str, ylabel: str, out: Path) -> None:
+    """One line per run: colour by model, line style by loss (by run when models and losses do not vary)."""
     runs = [r for r in rows if r["history"]]
-    fig, ax = plt.subplots(figsize=(12, 6.5))
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(runs), 1)))
+    models = sorted({r["model"] for r in runs})
+    losses = sorted({r["loss"] for r in runs})
+    with_seed = len({r["seed"] for r in runs}) > 1
+    by_run = len(models) * len(losses) < len(runs) and (len(models) == 1 or len(losses) == 1)
+    palette = plt.get_cmap("tab10" if len(models) <= 10 else "tab20").colors
     styles = ["-", "--", ":", "-."]
+    markers = [None, "o", "s", "^", "v", "D"]
+    fig, ax = plt.subplots(figsize=(12, 6.5))
     for i, r in enumerate(runs):
+        if by_run:
+            color, j = palette[i % len(palette)], i // len(palette)
+        else:
+            color, j = palette[models.index(r["model"]) % len(palette)], losses.index(r["loss"])
         epochs = [int(h["epoch"]) for h in r["history"]]
         values = [float(h[key]) for h in r["history"]]
-        ax.plot(epochs, values, styles[(i // 20) % 4], color=colors[i], lw=1.6, label=_label(r))
-    ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} of {len(runs)} runs")
+        ax.plot(epochs, values, styles[j % 4], marker=markers[(j // 4) % len(markers)], markersize=4,
+                color=color, lw=1.8, label=_label(r, with_seed))
+    ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} of {len(runs)} runs"
+           + ("" if by_run else " (colour: model, line: loss)"))
     ax.grid(alpha=0.3)
     if runs:
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
@@ -178,7 +190,7 @@ def _bars(table: Sequence[dict], out: Path) -> None:
     for j, (key, name) in enumerate(zip(SCORES, ["IoU", "Dice", "thresholded IoU"])):
         means = [r[key] for r in done]
         errs = [0 if r["done"] < 2 else r[f"{key}_std"] for r in done]
-        ax.barh(y + (j - 1) * height, means, height, xerr=errs, label=name, capsize=2)
+        ax.barh(y + (j - 1) * height, means, height, xerr=errs if any(errs) else None, label=name, capsize=2)
     ax.set_yticks(y, [" / ".join(p for p in (r["model"], r["loss"], r["overrides"]) if p) for r in done], fontsize=8)
     ax.set(xlim=(0, 1), xlabel="test score (per-image mean)", title="test scores by configuration")
     ax.grid(axis="x", alpha=0.3)

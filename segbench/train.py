@@ -1,6 +1,8 @@
 """``run(cfg)``: build everything from the config, train, test the best checkpoint, write the run dir."""
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import math
 import random
@@ -21,7 +23,7 @@ from .evaluate import PH2_DIAGNOSIS, by_group, choose_threshold, per_image, summ
 from .io import write_csv, write_json
 from .metrics import DEFINITIONS, image_metrics
 from .plotting import plot_curves, plot_predictions
-from .trainer import Trainer
+from .trainer import HISTORY_COLUMNS, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +55,65 @@ def resolve_device(name: str, job_num: int | None = None) -> torch.device:
     return device
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on GPUs that support it, else fp16 (with a grad scaler); fp32 on CPU and MPS."""
+    if name not in PRECISIONS:
+        raise UserError(f"trainer.precision={name!r} is invalid; expected one of {list(PRECISIONS)}")
+    if name == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp16" and device.type != "cuda":
+        raise UserError(f"trainer.precision=fp16 needs a CUDA device (device is {device}); use bf16 or fp32")
+    return name
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check trainer settings before any work; each error names the key, the value and what is allowed."""
+    """Check settings before any work; each error names the key, the value and what is allowed."""
     t = cfg.trainer
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        value = t[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"trainer.{key}={value!r} is invalid; expected an integer >= 1")
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        if not _is_int(t[key]) or t[key] < 1:
+            raise UserError(f"trainer.{key}={t[key]!r} is invalid; expected an integer >= 1")
+    for key in ("compile", "channels_last"):
+        if t[key] not in (True, False, "auto"):
+            raise UserError(f"trainer.{key}={t[key]!r} is invalid; expected true, false or auto")
+    if t.get("resume") not in (None, "auto"):
+        raise UserError(f"trainer.resume={t.resume!r} is invalid; expected null or 'auto'")
     threshold = cfg.eval.threshold
-    if threshold != "auto" and (
-        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1
-    ):
+    if threshold != "auto" and (not _is_number(threshold) or not 0 < threshold < 1):
         raise UserError(f"eval.threshold={threshold!r} is invalid; expected a number in (0, 1) or 'auto'")
     if cfg.eval.resolution not in ("input", "original"):
         raise UserError(f"eval.resolution={cfg.eval.resolution!r} is invalid; expected 'input' or 'original'")
+    if not _is_int(cfg.eval.num_predictions) or cfg.eval.num_predictions < 1:
+        raise UserError(f"eval.num_predictions={cfg.eval.num_predictions!r} is invalid; expected an integer >= 1")
+    if not _is_int(cfg.seed):
+        raise UserError(f"seed={cfg.seed!r} is invalid; expected an integer")
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and (not _is_number(lr) or lr <= 0):
+        raise UserError(f"optimizer.lr={lr!r} is invalid; expected a number > 0")
+    size = cfg.dataset.get("image_size")
+    if size is not None and (not _is_int(size) or size < 16):
+        raise UserError(f"dataset.image_size={size!r} is invalid; expected an integer >= 16")
+    sizes = cfg.dataset.get("split_sizes")
+    if sizes is not None and (len(sizes) != 3 or not all(_is_int(n) and n >= 1 for n in sizes)):
+        raise UserError(f"dataset.split_sizes={list(sizes)} is invalid; expected three integers >= 1 (train, val, test)")
 
 
 def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
@@ -118,18 +159,67 @@ def write_test_rows(path: Path, part, rows: dict[str, list[float]]) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; returns the metrics written to ``metrics.json``.
 
-    A run that raises still leaves a ``metrics.json``, with status ``failed``
-    (or ``interrupted``) and the error, next to its last good checkpoint.
+    With ``trainer.resume=auto``, a run dir whose ``metrics.json`` says ``done`` is
+    not trained again (its metrics are returned), and one with a ``last.pt``
+    continues from it. A run that raises still leaves a ``metrics.json``, with
+    status ``failed`` (or ``interrupted``) and the error, next to its last good
+    checkpoint.
     """
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _ensure_log_file(out_dir)
+    if cfg.trainer.get("resume") == "auto" and (out_dir / "metrics.json").is_file():
+        previous = json.loads((out_dir / "metrics.json").read_text())
+        if previous.get("status") == "done":
+            log.info("%s is complete (metrics.json status done); not training again", out_dir)
+            return previous
     try:
         return _run(cfg, out_dir)
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        write_json(out_dir / "metrics.json", {"status": status, "error": f"{type(exc).__name__}: {exc}"})
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        status = "interrupted" if interrupted else "failed"
+        error = "KeyboardInterrupt" if interrupted else f"{type(exc).__name__}: {exc}"
+        write_json(out_dir / "metrics.json", {"status": status, "error": error})
+        if interrupted or (out_dir / "checkpoints" / "last.pt").is_file():
+            log.error("%s; the last finished epoch is in %s. Resume with:\n  %s", status, out_dir / "checkpoints",
+                      resume_command(out_dir))
         raise
+
+
+def resume_command(out_dir: Path) -> str:
+    """The command that continues this run (or sweep) in place."""
+    if not HydraConfig.initialized():
+        return f"segbench.train.run(cfg) with output_dir={out_dir} trainer.resume=auto"
+    hc = HydraConfig.get()
+    overrides = [o for o in hc.overrides.task if not o.startswith("trainer.resume=")]
+    if hc.mode == RunMode.MULTIRUN:
+        return f"python -m segbench -m {' '.join(overrides)} hydra.sweep.dir={hc.sweep.dir} trainer.resume=auto"
+    return f"python -m segbench {' '.join(overrides)} hydra.run.dir={out_dir} trainer.resume=auto"
+
+
+# Config sections that must match for a checkpoint to be continued (paths and trainer switches may change).
+RESUME_KEYS = ("model", "loss", "optimizer", "scheduler", "seed", "trainer.batch_size")
+RESUME_IGNORED = ("dataset.root", "dataset.cache_dir", "dataset.workers")
+
+
+def check_resumable(saved: dict, current: dict, path: Path) -> None:
+    """Raise a UserError naming every setting that differs between the checkpoint's run and this one."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}{key}.").items()}
+
+    a = {k.rstrip("."): v for k, v in flat(saved).items()}
+    b = {k.rstrip("."): v for k, v in flat(current).items()}
+    keys = [k for k in sorted(set(a) | set(b))
+            if (k.split(".")[0] in RESUME_KEYS or k in RESUME_KEYS or k.startswith("dataset."))
+            and not k.startswith(RESUME_IGNORED)]
+    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    if diff:
+        raise UserError(
+            f"cannot resume from '{path}': its run had other settings ({'; '.join(diff)}); "
+            "use the original settings, or a new run dir"
+        )
 
 
 def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -142,10 +232,16 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     names = _choices(cfg)
     log.info("run dir %s; device %s; %s", out_dir, device, ", ".join(f"{k}={v}" for k, v in names.items()))
 
+    precision = resolve_precision(str(cfg.trainer.precision), device)
+    on_gpu = device.type == "cuda"
+    torch.backends.cudnn.benchmark = on_gpu  # fixed input sizes: let cuDNN pick the fastest kernels
+
     # Build every component before loading data, so a config error costs nothing.
-    model = build(cfg.model, "model")
+    model = build(cfg.model, "model").to(device)
     loss_fn = build(cfg.loss, "loss")
-    optimizer = build(cfg.optimizer, "optimizer")(params=model.parameters())
+    make_optimizer = build(cfg.optimizer, "optimizer")
+    fused = on_gpu and "fused" in inspect.signature(make_optimizer.func).parameters and "fused" not in cfg.optimizer
+    optimizer = make_optimizer(params=model.parameters(), **({"fused": True} if fused else {}))
     scheduler = build(cfg.scheduler, "scheduler")(optimizer=optimizer) if cfg.get("scheduler") else None
     dataset = build(cfg.dataset, "dataset")
 
@@ -160,7 +256,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         dataset.image_size, load_time, split["digest"],
     )
     params = sum(p.numel() for p in model.parameters())
-    log.info("model: %s, %s parameters", names["model"], f"{params:,}")
+    log.info("model: %s, %s parameters; precision %s", names["model"], f"{params:,}", precision)
 
     auto_threshold = cfg.eval.threshold == "auto"
     fixed_threshold = 0.5 if auto_threshold else float(cfg.eval.threshold)  # used for per-epoch val scores
@@ -169,14 +265,24 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size, threshold=fixed_threshold,
         seed=int(cfg.seed), config=resolved, progress=bool(cfg.trainer.progress),
-        log_every=int(cfg.trainer.log_every),
+        log_every=int(cfg.trainer.log_every), precision=precision,
+        channels_last=on_gpu if cfg.trainer.channels_last == "auto" else bool(cfg.trainer.channels_last),
+        compile=on_gpu if cfg.trainer.compile == "auto" else bool(cfg.trainer.compile),
     )
-    trainer.fit(parts["train"], parts["val"])
+    start_epoch = 1
+    last = out_dir / "checkpoints" / "last.pt"
+    if cfg.trainer.get("resume") == "auto" and last.is_file():
+        check_resumable(torch.load(last, map_location="cpu", weights_only=False)["config"], resolved, last)
+        start_epoch = trainer.resume(last)
+        write_csv(out_dir / "history.csv", trainer.history, HISTORY_COLUMNS)  # drop rows of an unfinished epoch
+        log.info("resuming from %s at epoch %d of %d", last, start_epoch, cfg.trainer.epochs)
+    trainer.fit(parts["train"], parts["val"], start_epoch)
     trainer.load_best()
     test_part = parts["test"]
     threshold = choose_threshold(trainer.predict(parts["val"]), parts["val"].masks) if auto_threshold else fixed_threshold
-    test_loss = trainer.evaluate(test_part)["loss"]
-    test_logits = trainer.predict(test_part)
+    test_logits = trainer.predict(test_part)  # (N, C, H, W) on the CPU; every test number comes from these
+    with torch.no_grad():
+        test_loss = float(loss_fn(test_logits, test_part.masks.float()))
     original = cfg.eval.resolution == "original"
     masks = dataset.original_masks(test_part.ids) if original else test_part.masks
     rows = per_image(test_logits, masks, threshold)
@@ -195,6 +301,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "data_load_s": load_time,
         "total_time_s": time.perf_counter() - start,
         "device": str(device),
+        "precision": precision,
         **names,
         "image_size": dataset.image_size,
         "split_digest": split["digest"],
@@ -219,8 +326,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     title = f"{names['model']} / {names['loss']} / {names['dataset']}"
     plot_curves(out_dir / "history.csv", out_dir / "curves.png", title)
-    shown = parts["test"].subset(parts["test"].ids[: int(cfg.eval.num_predictions)])
-    logits = trainer.predict(shown)
+    shown = test_part.subset(test_part.ids[: int(cfg.eval.num_predictions)])
+    logits = test_logits[: len(shown)]
     scores = image_metrics(logits, shown.masks, threshold)["iou"].tolist()
     probs = torch.sigmoid(logits) if logits.shape[1] == 1 else 1 - torch.softmax(logits, 1)[:, :1]
     plot_predictions(shown.images, shown.masks, probs, shown.ids, scores, out_dir / "predictions.png", threshold)

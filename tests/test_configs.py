@@ -5,9 +5,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import CONF, compose_cfg
+import yaml
 
-GROUP_FILES = sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml"))
+from tests.conftest import CONF, compose_cfg, run_cli
+
+COMPONENT_GROUPS = ("model", "loss", "optimizer", "scheduler", "dataset")
+GROUP_FILES = sorted((g, p.stem) for g in COMPONENT_GROUPS for p in (CONF / g).glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("group, name", GROUP_FILES, ids=[f"{g}={n}" for g, n in GROUP_FILES])
@@ -36,3 +40,37 @@ def test_defaults_follow_seed_study():
     assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
     assert cfg.trainer.batch_size == 25 and cfg.dataset.image_size == 256
     assert list(cfg.dataset.split_sizes) == [100, 50, 50]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_resolves(name, tmp_path):
+    result = run_cli([f"experiment={name}", "model=unet", "--cfg", "job", "--resolve"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["optimizer"]["lr"] > 0 and cfg["trainer"]["epochs"] >= 1
+
+
+@pytest.mark.parametrize(
+    "model, lr, step, epochs",
+    [("segnet", 1e-3, 10, 35), ("segnet_unpool", 1e-3, 5, 20), ("unet", 1e-5, 10, 40),
+     ("unet_strided", 1e-4, 10, 20), ("unet_unpool", 1e-3, 7, 25)],
+)
+def test_seed_study_per_model_settings(model, lr, step, epochs, tmp_path):
+    result = run_cli(["experiment=seed_study", f"model={model}", "--cfg", "job", "--resolve"], cwd=tmp_path)
+    cfg = yaml.safe_load(result.stdout)
+    assert (cfg["optimizer"]["lr"], cfg["scheduler"]["step_size"], cfg["trainer"]["epochs"]) == (lr, step, epochs)
+    assert cfg["scheduler"]["gamma"] == 0.1 and cfg["trainer"]["batch_size"] == 25
+    assert cfg["optimizer"]["_target_"] == "torch.optim.Adam"
+
+
+def test_quick_experiment():
+    cfg = compose_cfg(["experiment=quick"])
+    assert cfg.dataset.image_size == 128 and cfg.model.base_width == 16
+
+
+def test_slurm_launcher_preset(tmp_path):
+    result = run_cli(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["gpus_per_node"] == 1 and launcher["partition"] == "gpu"

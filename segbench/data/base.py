@@ -135,6 +135,14 @@ class SegDataset:
             "digest": split_digest(parts),
         }
 
+    def check(self) -> list[str]:
+        """Problems that would stop training on this dataset (empty when it loads and splits)."""
+        try:
+            self.split()
+        except ValueError as exc:
+            return [str(exc)]
+        return []
+
     def original_masks(self, ids: Sequence[str]) -> list[np.ndarray]:
         """Masks at the dataset's original resolution, (H0, W0) each; here the loaded size."""
         data = self.arrays.subset(ids)

@@ -67,35 +67,48 @@ def _pick(files: list[Path], stem: str) -> Path:
     return files[0]
 
 
-def find_cases(root: str | os.PathLike) -> tuple[list[tuple[str, Path, Path]], Path]:
+def find_cases(
+    root: str | os.PathLike, problems: list[str] | None = None
+) -> tuple[list[tuple[str, Path, Path]], Path]:
     """List (case id, image file, mask file) of a PH2 root; returns them and the images dir.
 
     Entries of the images folder that are not case folders (files, ``.DS_Store``,
     folders that neither look like ``IMDnnn`` nor hold ``<name>_Dermoscopic_Image``)
-    are ignored. A case folder without an image or a mask is an error naming it.
+    are ignored. A case folder without an image or a mask, and two folders with
+    the same case id (ignoring case), are errors naming them; with a ``problems``
+    list they are appended there (and the case skipped) instead of raised.
     """
+    def fail(message: str) -> None:
+        if problems is None:
+            raise DataError(message)
+        problems.append(message)
+
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"PH2 root '{root}' does not exist or is not a folder; {LAYOUT_HELP}")
     images_dir = root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
-    cases = []
+    cases, seen = [], {}
     for entry in sorted(images_dir.iterdir()):
         if not entry.is_dir():
             continue
         case = entry.name
         image_dir = entry / f"{case}_Dermoscopic_Image"
-        if not (re.fullmatch(r"IMD\d+", case) or image_dir.is_dir()):
+        if not (re.fullmatch(r"IMD\d+", case, flags=re.IGNORECASE) or image_dir.is_dir()):
             continue
+        if case.upper() in seen:
+            fail(f"duplicate case id '{case}': folders '{seen[case.upper()]}' and '{entry}'")
+            continue
+        seen[case.upper()] = entry
         images = _image_files(image_dir)
         if not images:
-            raise DataError(f"case folder '{entry}' has no image in '{image_dir.name}/'; {LAYOUT_HELP}")
+            fail(f"case folder '{entry}' has no image in '{image_dir.name}/'; {LAYOUT_HELP}")
+            continue
         masks = _image_files(entry / f"{case}_lesion")
         if not masks:
-            raise DataError(
-                f"case '{case}' has no lesion mask: expected a file in '{entry / (case + '_lesion')}/'"
-            )
+            fail(f"case '{case}' has no lesion mask: expected a file in '{entry / (case + '_lesion')}/'")
+            continue
         cases.append((case, _pick(images, case), _pick(masks, f"{case}_lesion")))
-    if not cases:
+    if not cases and problems is None:
         raise DataError(f"no PH2 case folders found under '{images_dir}'; {LAYOUT_HELP}")
     return cases, images_dir
 
@@ -136,6 +149,25 @@ def read_mask(path: Path) -> np.ndarray:
     return (mask == levels.max()) if len(levels) == 2 else (mask > 0)
 
 
+def read_case(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and check one case: image (H, W, 3) uint8 RGB and mask (H, W) bool of the same size."""
+    image = _read(image_path)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise DataError(f"image '{image_path}' has shape {image.shape}; expected (H, W, 3) RGB")
+    image = image[..., :3]
+    if image.dtype != np.uint8:
+        image = (image.astype(np.float64) / np.iinfo(image.dtype).max * 255).astype(np.uint8)
+    mask = read_mask(mask_path)
+    if mask.shape != image.shape[:2]:
+        raise DataError(
+            f"mask '{mask_path}' is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"'{image_path.name}' is {image.shape[1]}x{image.shape[0]}; they must match"
+        )
+    return image, mask
+
+
 def load_case(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode and resize one case.
 
@@ -143,20 +175,7 @@ def load_case(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray,
     The image is resized with anti-aliasing; the mask is resized the same way
     and thresholded at 0.5, as in the seed study.
     """
-    image = _read(image_path)
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise DataError(f"image '{image_path}' has shape {image.shape}; expected (H, W, 3) RGB")
-    image = image[..., :3]
-    binary = read_mask(mask_path)
-    if binary.shape != image.shape[:2]:
-        raise DataError(
-            f"mask '{mask_path}' is {binary.shape[1]}x{binary.shape[0]} but its image "
-            f"'{image_path.name}' is {image.shape[1]}x{image.shape[0]}; they must match"
-        )
-    if image.dtype != np.uint8:
-        image = (image.astype(np.float64) / np.iinfo(image.dtype).max * 255).astype(np.uint8)
+    image, binary = read_case(image_path, mask_path)
     img = resize(image.astype(np.float32) / 255.0, (size, size), anti_aliasing=True)
     img = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8).transpose(2, 0, 1)
     msk = resize(binary.astype(np.float32), (size, size), anti_aliasing=True) > 0.5
@@ -218,13 +237,31 @@ class PH2(SegDataset):
         self.arrays  # noqa: B018  (lists the case files)
         return [read_mask(self._mask_files[case]) for case in ids]
 
+    def check(self) -> list[str]:
+        """Every problem of the dataset at once (layout, unreadable files, bad masks), without training."""
+        problems: list[str] = []
+        try:
+            cases, images_dir = find_cases(self.root, problems)
+        except DataError as exc:
+            return [str(exc)]
+        if not cases and not problems:
+            return [f"no PH2 case folders found under '{images_dir}'; {LAYOUT_HELP}"]
+        readable = 0
+        for _, image, mask in cases:
+            try:
+                read_case(image, mask)
+                readable += 1
+            except DataError as exc:
+                problems.append(str(exc))
+        total = sum(self.split_sizes)
+        if total > readable:
+            problems.append(f"dataset.split_sizes {list(self.split_sizes)} need {total} cases; {readable} are readable")
+        return problems
+
     def load_arrays(self) -> SegArrays:
         cases, images_dir = find_cases(self.root)
         ids = [c for c, _, _ in cases]
         self._mask_files = {c: m for c, _, m in cases}
-        if len(set(ids)) != len(ids):
-            dup = sorted({c for c in ids if ids.count(c) > 1})
-            raise DataError(f"duplicate case ids {dup} under '{images_dir}'")
         table = read_diagnosis(self.root)
         diagnosis = [table[c] for c in ids] if table and all(c in table for c in ids) else None
         if table and diagnosis is None:

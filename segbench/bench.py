@@ -1,0 +1,172 @@
+"""``python -m segbench.bench``: segbench's trainer against a plain notebook loop and the bare ceiling.
+
+In one process, with the same model, data and number of optimizer steps, it times
+  (a) a reference loop written the way the seed notebooks do it: a DataLoader over
+      a Python list of numpy arrays, fp32, per-batch ``.to(device)``, ``.item()``
+      of the loss and IoU every batch;
+  (b) segbench's Trainer epoch (in-memory uint8 split, batches indexed on the
+      device, statistics accumulated on the device);
+  (c) forward/backward/step on one fixed, already-normalised batch (the ceiling);
+and prints images/s of each, b/a and b/c, and the cold vs cached load time of the dataset.
+
+    python -m segbench.bench                                     # CPU, small: under a minute
+    python -m segbench.bench --size 256 --base-width 64 --device cuda --dataset ph2
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data import PH2, SegArrays, SyntheticDermoscopy
+from .losses import BCELoss
+from .metrics import image_metrics
+from .models import UNet
+from .train import resolve_device
+from .trainer import Normalizer, Trainer
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model(args, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return UNet(base_width=args.base_width).to(device)
+
+
+def reference_loop(train: SegArrays, args, device: torch.device) -> float:
+    """Notebook style; returns seconds for ``args.epochs`` epochs."""
+    mean = train.images.float().div(255).mean((0, 2, 3)).view(3, 1, 1).numpy()
+    std = train.images.float().div(255).std((0, 2, 3)).view(3, 1, 1).numpy()
+    samples = [((img.numpy() / 255.0 - mean) / std, msk.numpy()) for img, msk in zip(train.images, train.masks)]
+    samples = [(x.astype(np.float32), y.astype(np.float32)) for x, y in samples]
+    loader = DataLoader(samples, batch_size=args.batch_size, shuffle=True)
+    model = _model(args, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = BCELoss()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(args.epochs):
+        model.train()
+        losses, ious = [], []
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            ious.append(image_metrics(logits.detach(), y)["iou"].mean().item())
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def trainer_loop(train: SegArrays, args, device: torch.device) -> float:
+    """segbench's Trainer epochs (no validation, no checkpoints); returns seconds."""
+    model = _model(args, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, BCELoss(), optimizer, None, device, Path(tmp), epochs=args.epochs,
+                          batch_size=args.batch_size, eval_batch_size=args.batch_size, progress=False)
+        trainer.normalizer = Normalizer.fit(train.images)
+        images, masks = train.images.to(device), train.masks.to(device)
+        _sync(device)
+        start = time.perf_counter()
+        for epoch in range(1, args.epochs + 1):
+            trainer._train_epoch(images, masks, epoch)
+        _sync(device)
+        return time.perf_counter() - start
+
+
+def ceiling_loop(train: SegArrays, args, device: torch.device, steps: int) -> float:
+    """Forward/backward/step on one fixed normalised batch; returns seconds for ``steps`` steps."""
+    model = _model(args, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = BCELoss()
+    x = Normalizer.fit(train.images)(train.images[: args.batch_size].to(device))
+    y = train.masks[: args.batch_size].to(device).float()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def load_times(args) -> tuple[float, float] | None:
+    """Cold (decode + resize) and cached load time of PH2 at ``--size``, or None without PH2."""
+    if not args.ph2_root or not Path(args.ph2_root).is_dir():
+        return None
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        PH2(args.ph2_root, image_size=args.size, cache_dir=cache).arrays
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        PH2(args.ph2_root, image_size=args.size, cache_dir=cache).arrays
+        return cold, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m segbench.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=["synthetic", "ph2"], default="synthetic")
+    parser.add_argument("--ph2-root", default=os.environ.get("SEGBENCH_PH2_ROOT"))
+    parser.add_argument("--size", type=int, default=64, help="image side (default 64; the study uses 256)")
+    parser.add_argument("--base-width", type=int, default=8, help="U-Net base width (default 8; the study uses 64)")
+    parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--train-cases", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    if args.dataset == "ph2":
+        data = PH2(args.ph2_root, image_size=args.size, split_sizes=[args.train_cases, 1, 1],
+                   cache_dir=os.environ.get("SEGBENCH_CACHE", "~/.cache/segbench")).arrays
+    else:
+        data = SyntheticDermoscopy(num_cases=args.train_cases, image_size=args.size,
+                                   split_sizes=[args.train_cases - 2, 1, 1]).arrays
+    train = data.subset(data.ids[: args.train_cases])
+    steps = args.epochs * -(-len(train) // args.batch_size)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; U-Net base width "
+          f"{args.base_width}, {len(train)} {args.dataset} images at {args.size}px, batch {args.batch_size}, "
+          f"{args.epochs} epochs = {steps} steps per loop (after {args.warmup} warm-up epoch(s))")
+    warm = argparse.Namespace(**{**vars(args), "epochs": args.warmup})
+    results = {}
+    for name, loop in (("a", reference_loop), ("b", trainer_loop)):
+        if args.warmup:
+            loop(train, warm, device)
+        results[name] = loop(train, args, device)
+    if args.warmup:
+        ceiling_loop(train, args, device, steps=args.warmup * -(-len(train) // args.batch_size))
+    results["c"] = ceiling_loop(train, args, device, steps)
+    # (c) runs full batches only; count the images it processed
+    images = {"a": args.epochs * len(train), "b": args.epochs * len(train), "c": steps * args.batch_size}
+    rate = {k: images[k] / results[k] for k in results}
+    print()
+    print("| loop | images/s |")
+    print("|---|---|")
+    print(f"| (a) reference notebook loop | {rate['a']:.1f} |")
+    print(f"| (b) segbench trainer | {rate['b']:.1f} |")
+    print(f"| (c) ceiling: fixed batch | {rate['c']:.1f} |")
+    print(f"\nb/a = {rate['b'] / rate['a']:.2f}   b/c = {rate['b'] / rate['c']:.3f}")
+    loads = load_times(args)
+    if loads is None:
+        print("PH2 load: no PH2 root (set SEGBENCH_PH2_ROOT or --ph2-root) to time cold vs cached loading")
+    else:
+        print(f"PH2 load at {args.size}px: cold {loads[0]:.2f} s (decode + resize), cached {loads[1]:.3f} s")
+
+
+if __name__ == "__main__":
+    main()

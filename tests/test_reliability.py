@@ -1,0 +1,265 @@
+"""Resume, interrupts, crash safety, divergence, out-of-memory, config validation, dataset integrity."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from skimage import io as skio
+
+from segbench import check_data
+from segbench.errors import TrainingError, UserError
+from segbench.trainer import Trainer
+from segbench.train import run
+from tests.conftest import ROOT, TINY, compose_cfg, run_cli, write_case
+
+FOUR = [*TINY, "trainer.epochs=4"]
+TEST_KEYS = ["test/iou", "test/dice", "test/iou_score", "test/loss", "test/hd95", "val/iou", "best_epoch"]
+
+
+def interrupt_in_epoch(monkeypatch, stop_epoch):
+    """Make training raise KeyboardInterrupt (as Ctrl-C does) when ``stop_epoch`` starts; returns the undo."""
+    train_epoch = Trainer._train_epoch
+
+    def interrupted(self, images, masks, epoch):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return train_epoch(self, images, masks, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    return lambda: monkeypatch.setattr(Trainer, "_train_epoch", train_epoch)
+
+
+def history_without_time(path):
+    return [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]
+
+
+def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    full = run(compose_cfg([*FOUR, f"output_dir={tmp_path / 'full'}"]))
+
+    restore = interrupt_in_epoch(monkeypatch, 3)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_cfg([*FOUR, f"output_dir={cut}"]))
+    assert json.loads((cut / "metrics.json").read_text())["status"] == "interrupted"
+    assert len((cut / "history.csv").read_text().splitlines()) == 1 + 2
+    assert torch.load(cut / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+    assert "trainer.resume=auto" in (cut / "train.log").read_text()
+
+    restore()
+    resumed = run(compose_cfg([*FOUR, f"output_dir={cut}", "trainer.resume=auto"]))
+    assert {k: resumed[k] for k in TEST_KEYS} == {k: full[k] for k in TEST_KEYS}
+    assert history_without_time(cut / "history.csv") == history_without_time(tmp_path / "full" / "history.csv")
+    last = torch.load(cut / "checkpoints" / "last.pt", weights_only=False)
+    reference = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)
+    assert all(torch.equal(last["model"][k], reference["model"][k]) for k in reference["model"])
+
+
+def test_killed_process_resumes_to_the_same_metrics(tmp_path):
+    """SIGKILL the CLI after epoch 2 of 4 (as a cluster would), resume it in place, compare."""
+    args = [o for o in FOUR if not o.startswith(("dataset.num_cases", "dataset.split_sizes"))]
+    args += ["dataset.num_cases=60", "dataset.split_sizes=[40,10,10]", "dataset.image_size=48", "model.base_width=8"]
+    reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "segbench", *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        history = run_dir / "history.csv"
+        if history.is_file() and len(history.read_text().splitlines()) >= 3:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run_dir / "metrics.json").is_file()
+
+    resumed = run_cli([*args, f"hydra.run.dir={run_dir}", "trainer.resume=auto"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in (run_dir / "train.log").read_text()
+    got = json.loads((run_dir / "metrics.json").read_text())
+    want = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert {k: got[k] for k in TEST_KEYS} == {k: want[k] for k in TEST_KEYS}
+
+
+def test_resume_skips_a_finished_run(tmp_path):
+    out = tmp_path / "run"
+    first = run(compose_cfg([*TINY, f"output_dir={out}"]))
+    stamp = (out / "checkpoints" / "last.pt").stat().st_mtime_ns
+    again = run(compose_cfg([*TINY, f"output_dir={out}", "trainer.resume=auto"]))
+    assert again == json.loads((out / "metrics.json").read_text()) and again["test/iou"] == first["test/iou"]
+    assert (out / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    restore = interrupt_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_cfg([*FOUR, f"output_dir={out}"]))
+    restore()
+    with pytest.raises(UserError, match=r"cannot resume .*model.base_width: 4 -> 8"):
+        run(compose_cfg([*FOUR, f"output_dir={out}", "trainer.resume=auto", "model.base_width=8"]))
+
+
+def test_sweep_rerun_completes_only_what_is_missing(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *[o for o in TINY if not o.startswith("trainer.device")], "loss=bce,dice", f"hydra.sweep.dir={sweep}"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    done = sweep / "loss=bce"
+    unfinished = sweep / "loss=dice"
+    stamp = (done / "checkpoints" / "last.pt").stat().st_mtime_ns
+    (unfinished / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "KeyboardInterrupt"}))
+    result = run_cli([*args, "trainer.resume=auto"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (done / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp  # not trained again
+    assert json.loads((unfinished / "metrics.json").read_text())["status"] == "done"
+    assert "is complete" in (done / "train.log").read_text()
+    assert (sweep / "summary.md").read_text().count("| done |") == 2
+
+
+def test_nan_loss_fails_with_epoch_batch_and_causes(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, batch \d+ of 2; likely causes: a learning rate"):
+        run(compose_cfg([*TINY, "optimizer.lr=1e30", f"output_dir={out}"]))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "TrainingDiverged" in metrics["error"]
+
+
+def test_nan_loss_from_the_cli_is_a_clear_error(tmp_path):
+    result = run_cli([*TINY, "optimizer.lr=1e30", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "loss became nan at epoch 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch):
+    from segbench.models import EncoderDecoder
+
+    def oom(self, x):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(EncoderDecoder, "forward", oom)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"out of GPU memory during training epoch 1 at trainer.batch_size=4: "
+                                            r"try trainer.batch_size=2"):
+        run(compose_cfg([*TINY, f"output_dir={out}"]))
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_files_are_replaced_atomically(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous complete file and no temp file."""
+    from segbench import io
+
+    path = tmp_path / "metrics.json"
+    io.write_json(path, {"status": "done"})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io.json, "dumps", lambda *a, **k: '{"status": "half')
+    monkeypatch.setattr(io.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.write_json(path, {"status": "failed"})
+    assert json.loads(path.read_text()) == {"status": "done"}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.epochs=0", "trainer.epochs=0 is invalid; expected an integer >= 1"),
+        ("trainer.epochs=2.5", "trainer.epochs=2.5 is invalid"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 is invalid"),
+        ("trainer.eval_batch_size=-1", "trainer.eval_batch_size=-1 is invalid"),
+        ("trainer.resume=yes", "trainer.resume='yes' is invalid; expected null or 'auto'"),
+        ("trainer.device=gpu7", "trainer.device='gpu7'"),
+        ("optimizer.lr=0", "optimizer.lr=0 is invalid; expected a number > 0"),
+        ("optimizer.lr=-1e-3", "optimizer.lr=-0.001 is invalid"),
+        ("dataset.image_size=0", "dataset.image_size=0 is invalid; expected an integer >= 16"),
+        ("dataset.split_sizes=[6,0,3]", r"dataset.split_sizes=\[6, 0, 3\] is invalid"),
+        ("dataset.split_sizes=[10,3,3]", "exceed the 12 cases"),
+        ("seed=abc", "seed='abc' is invalid; expected an integer"),
+        ("eval.num_predictions=0", "eval.num_predictions=0 is invalid"),
+    ],
+)
+def test_invalid_config_values_are_named(tmp_path, override, message):
+    with pytest.raises(UserError, match=message):
+        run(compose_cfg([*TINY, override, f"output_dir={tmp_path}"]))
+    assert not (tmp_path / "checkpoints").exists()  # no work was done
+
+
+# -- dataset integrity on a damaged copy of a small PH2-layout dataset ----------
+def damage(root, kind):
+    images = root / "PH2 Dataset images"
+    if kind == "truncated":
+        path = images / "IMD002" / "IMD002_Dermoscopic_Image" / "IMD002.png"
+        path.write_bytes(path.read_bytes()[:60])
+    elif kind == "corrupt":
+        path = images / "IMD002" / "IMD002_Dermoscopic_Image" / "IMD002.png"
+        path.write_bytes(b"this is not an image")
+    elif kind == "mask_size":
+        path = images / "IMD002" / "IMD002_lesion" / "IMD002_lesion.png"
+        skio.imsave(path, np.zeros((20, 20), np.uint8), check_contrast=False)
+    elif kind == "mask_levels":
+        path = images / "IMD002" / "IMD002_lesion" / "IMD002_lesion.png"
+        skio.imsave(path, (np.arange(40 * 48) % 3).reshape(40, 48).astype(np.uint8) * 100, check_contrast=False)
+    elif kind == "duplicate":
+        write_case(images, "imd002")
+        path = images / "imd002"
+    elif kind == "empty_case":
+        path = images / "IMD099"
+        path.mkdir()
+    return path
+
+
+DAMAGE = {
+    "truncated": "cannot read image file",
+    "corrupt": "cannot read image file",
+    "mask_size": "must match",
+    "mask_levels": "distinct values",
+    "duplicate": "duplicate case id",
+    "empty_case": "has no image",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_dataset_errors_name_the_file(fake_ph2, kind):
+    from segbench.data import PH2, DataError
+
+    path = damage(fake_ph2, kind)
+    with pytest.raises(DataError, match=DAMAGE[kind]) as err:
+        PH2(fake_ph2, image_size=16, split_sizes=[1, 1, 1], cache_dir=None).arrays
+    assert str(path) in str(err.value)
+
+
+def test_check_data_reports_every_problem_at_once(fake_ph2, capsys):
+    for kind in ("truncated", "empty_case", "duplicate"):
+        damage(fake_ph2, kind)
+    mask = fake_ph2 / "PH2 Dataset images" / "IMD005" / "IMD005_lesion" / "IMD005_lesion.png"
+    skio.imsave(mask, np.zeros((20, 20), np.uint8), check_contrast=False)
+    code = check_data.main(["dataset=ph2", f"dataset.root={fake_ph2}", "dataset.split_sizes=[3,3,3]"])
+    out = capsys.readouterr().out
+    assert code == 1 and "5 problem(s)" in out
+    for text in ("cannot read image file", "has no image", "duplicate case id", "IMD005_lesion.png",
+                 "need 9 cases; 7 are readable"):
+        assert text in out, text
+
+
+def test_check_data_ok_and_bad_root(fake_ph2, tmp_path, capsys):
+    assert check_data.main(["dataset=ph2", f"dataset.root={fake_ph2}", "dataset.split_sizes=[3,3,3]"]) == 0
+    assert "OK: no problems found" in capsys.readouterr().out
+    assert check_data.main(["dataset=ph2", f"dataset.root={tmp_path / 'missing'}"]) == 1
+    assert "does not exist" in capsys.readouterr().out
+    assert check_data.main(["dataset=synthetic"]) == 0
+
+
+def test_check_data_cli_on_real_ph2(ph2_root):
+    result = subprocess.run([sys.executable, "-m", "segbench.check_data", "dataset=ph2", f"dataset.root={ph2_root}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: no problems found" in result.stdout

@@ -1,0 +1,107 @@
+"""The fast paths change speed, never the maths: precision resolution, compile fallback, reference equality."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from segbench import bench
+from segbench.data import SyntheticDermoscopy
+from segbench.errors import UserError
+from segbench.losses import BCELoss
+from segbench.models import UNet
+from segbench.train import resolve_precision, run
+from segbench.trainer import Normalizer, Trainer
+from tests.conftest import TINY, compose_cfg
+
+
+def test_precision_auto_is_fp32_on_cpu(tmp_path):
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    metrics = run(compose_cfg([*TINY, f"output_dir={tmp_path}"]))
+    assert metrics["precision"] == "fp32"
+
+
+def test_precision_choices_are_checked():
+    with pytest.raises(UserError, match="trainer.precision=fp16 needs a CUDA device"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(UserError, match=r"trainer.precision='half' is invalid; expected one of \['auto', 'fp32'"):
+        resolve_precision("half", torch.device("cpu"))
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    metrics = run(compose_cfg([*TINY, "trainer.precision=bf16", f"output_dir={tmp_path}"]))
+    assert metrics["status"] == "done" and metrics["precision"] == "bf16"
+    assert np.isfinite(metrics["test/loss"])
+
+
+def test_compile_falls_back_with_a_clear_message(tmp_path, monkeypatch, caplog):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    metrics = run(compose_cfg([*TINY, "trainer.compile=true", f"output_dir={tmp_path}"]))
+    assert metrics["status"] == "done"
+    assert "torch.compile is unavailable here (RuntimeError: no C++ compiler found); training in eager mode" in caplog.text
+
+
+def test_compile_backend_failing_at_first_batch_falls_back(tmp_path, monkeypatch, caplog):
+    class FailingCompiled(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("inductor: C++ compile error")
+
+    monkeypatch.setattr(torch, "compile", lambda module: FailingCompiled())
+    eager = run(compose_cfg([*TINY, f"output_dir={tmp_path / 'eager'}"]))
+    metrics = run(compose_cfg([*TINY, "trainer.compile=true", f"output_dir={tmp_path / 'compiled'}"]))
+    assert "torch.compile is unavailable here (RuntimeError: inductor: C++ compile error)" in caplog.text
+    assert metrics["test/iou"] == eager["test/iou"]  # the same eager maths after the fallback
+
+
+@pytest.mark.slow
+def test_compile_on_cpu_works_or_falls_back(tmp_path, caplog):
+    """The real torch.compile on this machine: either the run trains compiled, or it says why it did not."""
+    reference = run(compose_cfg([*TINY, f"output_dir={tmp_path / 'eager'}"]))
+    metrics = run(compose_cfg([*TINY, "trainer.compile=true", f"output_dir={tmp_path / 'compiled'}"]))
+    assert metrics["status"] == "done"
+    if "torch.compile is unavailable here" not in caplog.text:  # compiled: same maths within float tolerance
+        assert metrics["test/loss"] == pytest.approx(reference["test/loss"], rel=1e-3, abs=1e-4)
+    ckpt = torch.load(tmp_path / "compiled" / "checkpoints" / "best.pt", weights_only=False)
+    assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])  # checkpoints hold the eager module
+
+
+def test_fast_path_equals_the_reference_loop_on_one_batch(tmp_path):
+    """segbench's step (uint8 on device, normalised there) vs the notebook step (numpy float arrays)."""
+    data = SyntheticDermoscopy(num_cases=8, image_size=32, split_sizes=[6, 1, 1]).arrays
+    torch.manual_seed(0)
+    fast_model = UNet(base_width=4)
+    ref_model = copy.deepcopy(fast_model)
+    normalizer = Normalizer.fit(data.images)
+
+    # reference: numpy normalisation, float32 tensors, plain step
+    mean, std = np.array(normalizer.mean).reshape(3, 1, 1), np.array(normalizer.std).reshape(3, 1, 1)
+    x = torch.from_numpy(np.stack([(img.numpy() / 255.0 - mean) / std for img in data.images]).astype(np.float32))
+    y = data.masks.float()
+    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-3)
+    ref_loss = BCELoss()(ref_model(x), y)
+    ref_loss.backward()
+    ref_grads = [p.grad.clone() for p in ref_model.parameters()]
+
+    # segbench: one epoch = one batch of all 8 images
+    fast_opt = torch.optim.Adam(fast_model.parameters(), lr=1e-3)
+    trainer = Trainer(fast_model, BCELoss(), fast_opt, None, torch.device("cpu"), tmp_path, epochs=1,
+                      batch_size=8, eval_batch_size=8, progress=False)
+    trainer.normalizer = normalizer
+    stats = trainer._train_epoch(data.images, data.masks, epoch=1)
+    assert stats["loss"] == pytest.approx(ref_loss.item(), rel=1e-5)
+    # the gradients the optimiser stepped with (compared before any Adam step: Adam divides near-zero
+    # gradients by their own size, so float rounding there moves a weight by up to lr)
+    for g, p in zip(ref_grads, fast_model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_bench_command_prints_the_table(capsys):
+    bench.main(["--size", "32", "--base-width", "4", "--train-cases", "20", "--batch-size", "10",
+                "--epochs", "1", "--warmup", "0", "--ph2-root", ""])
+    out = capsys.readouterr().out
+    for line in ("(a) reference notebook loop", "(b) segbench trainer", "(c) ceiling: fixed batch", "b/a = ", "b/c = "):
+        assert line in out
