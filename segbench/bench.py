@@ -104,15 +104,15 @@ def ceiling_loop(train: SegArrays, args, device: torch.device, steps: int) -> fl
 
 
 def load_times(args) -> tuple[float, float] | None:
-    """Cold (decode + resize) and cached load time of PH2 at ``--size``, or None without PH2."""
+    """Cold (decode + resize) and cached load time of PH2 at ``--load-size``, or None without PH2."""
     if not args.ph2_root or not Path(args.ph2_root).is_dir():
         return None
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        PH2(args.ph2_root, image_size=args.size, cache_dir=cache).arrays
+        PH2(args.ph2_root, image_size=args.load_size, cache_dir=cache).arrays
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        PH2(args.ph2_root, image_size=args.size, cache_dir=cache).arrays
+        PH2(args.ph2_root, image_size=args.load_size, cache_dir=cache).arrays
         return cold, time.perf_counter() - start
 
 
@@ -126,9 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-width", type=int, default=8, help="U-Net base width (default 8; the study uses 64)")
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--train-cases", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per loop and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of (a, b, c); the median time is reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--load-size", type=int, default=256, help="image side for the PH2 load timing (default 256)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if args.dataset == "ph2":
@@ -141,16 +143,23 @@ def main(argv: list[str] | None = None) -> None:
     steps = args.epochs * -(-len(train) // args.batch_size)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; U-Net base width "
           f"{args.base_width}, {len(train)} {args.dataset} images at {args.size}px, batch {args.batch_size}, "
-          f"{args.epochs} epochs = {steps} steps per loop (after {args.warmup} warm-up epoch(s))")
+          f"{args.epochs} epochs = {steps} steps per loop and round, median of {args.rounds} interleaved rounds "
+          f"(after {args.warmup} warm-up epoch(s))")
     warm = argparse.Namespace(**{**vars(args), "epochs": args.warmup})
-    results = {}
-    for name, loop in (("a", reference_loop), ("b", trainer_loop)):
-        if args.warmup:
-            loop(train, warm, device)
-        results[name] = loop(train, args, device)
+    loops = {
+        "a": lambda a: reference_loop(train, a, device),
+        "b": lambda a: trainer_loop(train, a, device),
+        "c": lambda a: ceiling_loop(train, a, device, steps=a.epochs * -(-len(train) // a.batch_size)),
+    }
     if args.warmup:
-        ceiling_loop(train, args, device, steps=args.warmup * -(-len(train) // args.batch_size))
-    results["c"] = ceiling_loop(train, args, device, steps)
+        for loop in loops.values():
+            loop(warm)
+    # the loops take turns, round after round, so a slower or faster phase of the machine hits them alike
+    times = {k: [] for k in loops}
+    for _ in range(args.rounds):
+        for name, loop in loops.items():
+            times[name].append(loop(args))
+    results = {k: float(np.median(v)) for k, v in times.items()}
     # (c) runs full batches only; count the images it processed
     images = {"a": args.epochs * len(train), "b": args.epochs * len(train), "c": steps * args.batch_size}
     rate = {k: images[k] / results[k] for k in results}
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     if loads is None:
         print("PH2 load: no PH2 root (set SEGBENCH_PH2_ROOT or --ph2-root) to time cold vs cached loading")
     else:
-        print(f"PH2 load at {args.size}px: cold {loads[0]:.2f} s (decode + resize), cached {loads[1]:.3f} s")
+        print(f"PH2 load at {args.load_size}px: cold {loads[0]:.2f} s (decode + resize), cached {loads[1]:.3f} s")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import torch
 from skimage import io as skio
 
 from segbench.data import PH2, DataError, SyntheticDermoscopy, make_split
+from segbench.trainer import Normalizer
 from tests.conftest import write_case
 
 
@@ -94,6 +95,9 @@ def test_ph2_cache_hit(fake_ph2, tmp_path):
     second = PH2(fake_ph2, image_size=16, split_sizes=[3, 3, 3], cache_dir=tmp_path / "cache")
     b = second.arrays
     assert second.cache_hit is True and torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+    # same layout too, so that the normaliser (and everything after it) computes bit-identically
+    assert a.images.stride() == b.images.stride() and a.images.is_contiguous()
+    assert Normalizer.fit(a.images).mean == Normalizer.fit(b.images).mean
     other_size = PH2(fake_ph2, image_size=24, split_sizes=[3, 3, 3], cache_dir=tmp_path / "cache")
     other_size.arrays
     assert other_size.cache_hit is False

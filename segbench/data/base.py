@@ -33,6 +33,10 @@ class SegArrays:
     diagnosis: list[int] | None = None
 
     def __post_init__(self) -> None:
+        # One memory layout whatever the source (freshly decoded arrays are stacked channels-last, cached
+        # ones are not): reductions such as the normaliser's mean/std then sum in the same order, so a
+        # run gives the same numbers with a cold or a warm cache.
+        self.images, self.masks = self.images.contiguous(), self.masks.contiguous()
         assert self.images.dtype == torch.uint8 and self.images.ndim == 4, self.images.shape
         assert self.masks.dtype == torch.uint8 and self.masks.ndim == 4, self.masks.shape
         assert len(self.ids) == self.images.shape[0] == self.masks.shape[0]
