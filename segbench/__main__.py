@@ -25,6 +25,9 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         metrics = run(cfg)
+    except KeyboardInterrupt:  # run() has logged where the last epoch is and how to resume
+        print("segbench: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=not isinstance(exc, SegbenchError))

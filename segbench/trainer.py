@@ -238,10 +238,13 @@ class Trainer:
             }
             self.history.append(row)
             write_csv(self.out_dir / "history.csv", self.history, HISTORY_COLUMNS)
-            if val_stats["iou"] > self.best_iou:
+            improved = val_stats["iou"] > self.best_iou
+            if improved:
                 self.best_iou, self.best_epoch = val_stats["iou"], epoch
-                save_checkpoint(self.out_dir / "checkpoints" / "best.pt", self.state(epoch))
-            save_checkpoint(self.out_dir / "checkpoints" / "last.pt", self.state(epoch))
+            state = self.state(epoch)
+            if improved:
+                save_checkpoint(self.out_dir / "checkpoints" / "best.pt", state)
+            save_checkpoint(self.out_dir / "checkpoints" / "last.pt", state)
             log.info(
                 "epoch %d/%d  lr %.2e  train/loss %.4f  train/iou %.4f  val/loss %.4f  val/iou %.4f  val/dice %.4f  (%.1fs)",
                 epoch, self.epochs, lr, row["train/loss"], row["train/iou"], row["val/loss"], row["val/iou"],

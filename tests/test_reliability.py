@@ -263,3 +263,21 @@ def test_check_data_cli_on_real_ph2(ph2_root):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: no problems found" in result.stdout
+
+
+def test_ctrl_c_prints_how_to_resume(tmp_path):
+    args = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=200", "dataset.image_size=48"]
+    run_dir = tmp_path / "run"
+    # a shell's background job inherits SIGINT as ignored; give the child the default handler
+    proc = subprocess.Popen([sys.executable, "-m", "segbench", *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "checkpoints" / "last.pt").is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in out + err
+    assert f"hydra.run.dir={run_dir} trainer.resume=auto" in out + err
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
