@@ -5,12 +5,15 @@ Works on logits already computed (the trainer's ``predict``), on the CPU.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import SegArrays
+from .io import write_csv
 from .metrics import all_metrics, binarize, confusion, hausdorff, iou, micro
 
 PH2_DIAGNOSIS = {0: "common_nevus", 1: "atypical_nevus", 2: "melanoma"}
@@ -72,3 +75,13 @@ def by_group(rows: dict[str, list[float]], labels: Sequence[int], names: dict[in
         summary = summarize(group, prefix="")
         out[names.get(label, str(label))] = {"n": len(index), **summary}
     return out
+
+
+def write_per_image_csv(path: Path, part: SegArrays, rows: dict[str, list[float]]) -> None:
+    """test_per_image.csv: case id, diagnosis (when known), every metric."""
+    columns = ["case", "diagnosis", *[k for k in rows if k not in ("tp", "fp", "fn", "tn")], "tp", "fp", "fn", "tn"]
+    table = []
+    for i, case in enumerate(part.ids):
+        label = None if part.diagnosis is None else PH2_DIAGNOSIS.get(part.diagnosis[i], part.diagnosis[i])
+        table.append({"case": case, "diagnosis": "" if label is None else label, **{k: rows[k][i] for k in rows}})
+    write_csv(path, table, columns)

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .evaluate import PH2_DIAGNOSIS, by_group, choose_threshold, per_image, summarize
+from .evaluate import PH2_DIAGNOSIS, by_group, choose_threshold, per_image, summarize, write_per_image_csv
 from .io import write_csv, write_json
 from .metrics import DEFINITIONS, image_metrics
 from .plotting import plot_curves, plot_predictions
@@ -144,16 +144,6 @@ def _ensure_log_file(out_dir: Path) -> None:
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         root.addHandler(handler)
         root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
-
-
-def write_test_rows(path: Path, part, rows: dict[str, list[float]]) -> None:
-    """test_per_image.csv: case id, diagnosis (when known), every metric."""
-    columns = ["case", "diagnosis", *[k for k in rows if k not in ("tp", "fp", "fn", "tn")], "tp", "fp", "fn", "tn"]
-    table = []
-    for i, case in enumerate(part.ids):
-        label = None if part.diagnosis is None else PH2_DIAGNOSIS.get(part.diagnosis[i], part.diagnosis[i])
-        table.append({"case": case, "diagnosis": "" if label is None else label, **{k: rows[k][i] for k in rows}})
-    write_csv(path, table, columns)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -286,7 +276,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     original = cfg.eval.resolution == "original"
     masks = dataset.original_masks(test_part.ids) if original else test_part.masks
     rows = per_image(test_logits, masks, threshold)
-    write_test_rows(out_dir / "test_per_image.csv", test_part, rows)
+    write_per_image_csv(out_dir / "test_per_image.csv", test_part, rows)
     test = {"test/loss": test_loss, **summarize(rows)}
 
     metrics: dict[str, Any] = {
