@@ -86,7 +86,11 @@ def _is_int(value: Any) -> bool:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check settings before any work; each error names the key, the value and what is allowed."""
+    """Check run settings before any work; each error names the key, the value and what is allowed.
+
+    Component arguments (model, loss, dataset) are checked by the components themselves
+    when :func:`build` creates them, which also happens before any work.
+    """
     t = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         if not _is_int(t[key]) or t[key] < 1:
@@ -108,12 +112,6 @@ def validate(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("lr")
     if lr is not None and (not _is_number(lr) or lr <= 0):
         raise UserError(f"optimizer.lr={lr!r} is invalid; expected a number > 0")
-    size = cfg.dataset.get("image_size")
-    if size is not None and (not _is_int(size) or size < 16):
-        raise UserError(f"dataset.image_size={size!r} is invalid; expected an integer >= 16")
-    sizes = cfg.dataset.get("split_sizes")
-    if sizes is not None and (len(sizes) != 3 or not all(_is_int(n) and n >= 1 for n in sizes)):
-        raise UserError(f"dataset.split_sizes={list(sizes)} is invalid; expected three integers >= 1 (train, val, test)")
 
 
 def build(node: DictConfig, group: str, **kwargs: Any) -> Any:

@@ -52,6 +52,13 @@ class SegArrays:
         return SegArrays(self.images[index], self.masks[index], list(ids), diag)
 
 
+def check_split_sizes(sizes: Sequence[int]) -> None:
+    """Three positive integers (train, val, test); the error names the key and the value."""
+    ok = len(sizes) == 3 and all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in sizes)
+    if not ok:
+        raise UserError(f"dataset.split_sizes={list(sizes)} is invalid; expected three integers >= 1 (train, val, test)")
+
+
 def make_split(
     ids: Sequence[str],
     sizes: Sequence[int],
@@ -67,11 +74,7 @@ def make_split(
     The result depends only on the sorted ids, the sizes, the strata and the seed.
     """
     names = ("train", "val", "test")
-    if len(sizes) != 3:
-        raise UserError(f"dataset.split_sizes must be three numbers (train, val, test), got {list(sizes)}")
-    for name, n in zip(names, sizes):
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise UserError(f"dataset.split_sizes: split size '{name}' must be a positive integer, got {n!r}")
+    check_split_sizes(sizes)
     total = int(sum(sizes))
     if total > len(ids):
         raise UserError(
@@ -112,9 +115,10 @@ class SegDataset:
 
     def __init__(self, image_size: int, split_sizes: Sequence[int], split_seed: int = 0) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
-            raise UserError(f"dataset.image_size must be an integer >= 16, got {image_size!r}")
+            raise UserError(f"dataset.image_size={image_size!r} is invalid; expected an integer >= 16")
+        check_split_sizes(split_sizes)  # here, so a bad value fails before any image is decoded
         self.image_size = image_size
-        self.split_sizes = [int(s) if isinstance(s, (int, np.integer)) else s for s in split_sizes]
+        self.split_sizes = [int(s) for s in split_sizes]
         self.split_seed = int(split_seed)
         self._arrays: SegArrays | None = None
 
