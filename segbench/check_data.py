@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from hydra.utils import instantiate
 
+from .config import compose_config
 from .errors import SegbenchError
-from .summary import CONF_DIR
+from .train import build
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-        dataset = instantiate(cfg.dataset, _convert_="all")
-    except (HydraException, SegbenchError, ValueError, TypeError) as exc:
+        cfg = compose_config(overrides)
+        dataset = build(cfg.dataset, "dataset")
+    except (HydraException, SegbenchError) as exc:
         print(f"segbench.check_data: error: {exc}", file=sys.stderr)
         return 2
     target = cfg.dataset._target_.rsplit(".", 1)[-1]

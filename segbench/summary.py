@@ -8,11 +8,10 @@ import argparse
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from .config import CONF_DIR, compose_config
 
 
 def model_names(conf_dir: Path = CONF_DIR) -> list[str]:
@@ -22,8 +21,7 @@ def model_names(conf_dir: Path = CONF_DIR) -> list[str]:
 def summarize(name: str, size: int, base_width: int | None, in_channels: int = 3) -> dict:
     """Params, forward GFLOPs for one (1, in_channels, size, size) image, and output shape."""
     overrides = [f"model={name}"] + ([f"model.base_width={base_width}"] if base_width else [])
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     model = instantiate(cfg.model).eval()
     x = torch.zeros(1, in_channels, size, size)
     counter = FlopCounterMode(display=False)
