@@ -6,11 +6,15 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+
+from .errors import TrainingError
 
 
 def _umask() -> int:
@@ -66,3 +70,64 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     _atomic(path, lambda f: torch.save(state, f), "wb")
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A copy of ``obj`` whose tensors are detached CPU copies: later optimizer steps cannot change it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` (a hard link; a copy where the filesystem has none), atomically."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread, so training waits only for a copy of the state.
+
+    :meth:`save` waits for the previous write, snapshots the state (every tensor copied
+    to the CPU) and returns; a thread then writes it atomically. Each path in ``also``
+    becomes the same file (a hard link: ``best.pt`` costs no second write). :meth:`wait`
+    blocks until the last write is on disk and raises its error, naming the file.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._path: Path | None = None
+
+    def save(self, path: Path, state: dict, also: Sequence[Path] = ()) -> None:
+        self.wait()
+        snapshot = _cpu_copy(state)
+        self._path = Path(path)
+        self._thread = threading.Thread(target=self._write, args=(self._path, snapshot, [Path(p) for p in also]),
+                                        name="segbench-checkpoint")
+        self._thread.start()
+
+    def _write(self, path: Path, snapshot: dict, also: list[Path]) -> None:
+        try:
+            save_checkpoint(path, snapshot)
+            for other in also:
+                _link_or_copy(path, other)
+        except BaseException as exc:  # handed to the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise TrainingError(f"could not write checkpoint {self._path}: {type(error).__name__}: {error}") from error

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .data import SegArrays
 from .errors import TrainingError
-from .io import save_checkpoint, write_csv
+from .io import CheckpointWriter, write_csv
 from .metrics import image_metrics
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best_epoch, self.best_iou = 0, -math.inf
         self.train_time, self.train_images = 0.0, 0
+        self.checkpoints = CheckpointWriter()
 
     # -- checkpoints -------------------------------------------------------
     def state(self, epoch: int) -> dict:
@@ -178,7 +179,16 @@ class Trainer:
         random.setstate(rng["python"])
         return state["epoch"] + 1
 
+    def _finish_checkpoint(self, quiet: bool = False) -> None:
+        try:
+            self.checkpoints.wait()
+        except TrainingError as exc:
+            if not quiet:
+                raise
+            log.error("%s", exc)
+
     def load_best(self) -> None:
+        self._finish_checkpoint()
         state = torch.load(self.out_dir / "checkpoints" / "best.pt", map_location=self.device, weights_only=False)
         self.module.load_state_dict(state["model"])
 
@@ -214,44 +224,53 @@ class Trainer:
         val = SegArrays(val.images.to(self.device), val.masks.to(self.device), val.ids, val.diagnosis)
         epochs = tqdm(range(start_epoch, self.epochs + 1), desc="epochs", disable=not self.progress,
                       dynamic_ncols=True, initial=start_epoch - 1, total=self.epochs)
-        for epoch in epochs:
-            start = time.perf_counter()
-            try:
-                train_stats = self._train_epoch(images, masks, epoch)
-            except torch.cuda.OutOfMemoryError as exc:
-                raise _out_of_memory(exc, f"training epoch {epoch}", self.batch_size, "trainer.batch_size") from None
-            self.train_time += time.perf_counter() - start
-            self.train_images += len(train)
-            lr = self.optimizer.param_groups[0]["lr"]
-            if self.scheduler is not None:
-                self.scheduler.step()
-            val_stats = self.evaluate(val)
-            row = {
-                "epoch": epoch,
-                "lr": lr,
-                "train/loss": train_stats["loss"],
-                "train/iou": train_stats["iou"],
-                "val/loss": val_stats["loss"],
-                "val/iou": val_stats["iou"],
-                "val/dice": val_stats["dice"],
-                "time": time.perf_counter() - start,
-            }
-            self.history.append(row)
-            write_csv(self.out_dir / "history.csv", self.history, HISTORY_COLUMNS)
-            improved = val_stats["iou"] > self.best_iou
-            if improved:
-                self.best_iou, self.best_epoch = val_stats["iou"], epoch
-            state = self.state(epoch)
-            if improved:
-                save_checkpoint(self.out_dir / "checkpoints" / "best.pt", state)
-            save_checkpoint(self.out_dir / "checkpoints" / "last.pt", state)
-            log.info(
-                "epoch %d/%d  lr %.2e  train/loss %.4f  train/iou %.4f  val/loss %.4f  val/iou %.4f  val/dice %.4f  (%.1fs)",
-                epoch, self.epochs, lr, row["train/loss"], row["train/iou"], row["val/loss"], row["val/iou"],
-                row["val/dice"], row["time"],
-            )
-            epochs.set_postfix({"val/iou": f"{val_stats['iou']:.3f}", "best": f"{self.best_iou:.3f}@{self.best_epoch}"})
+        try:
+            for epoch in epochs:
+                self._fit_epoch(images, masks, val, epoch)
+                epochs.set_postfix({"val/iou": f"{self.history[-1]['val/iou']:.3f}",
+                                    "best": f"{self.best_iou:.3f}@{self.best_epoch}"})
+        except BaseException:
+            self._finish_checkpoint(quiet=True)  # the last good epoch is on disk before the error goes on
+            raise
+        self._finish_checkpoint()
         return self.history
+
+    def _fit_epoch(self, images: torch.Tensor, masks: torch.Tensor, val: SegArrays, epoch: int) -> None:
+        """One epoch: train, step the scheduler, validate, append to history.csv, checkpoint."""
+        start = time.perf_counter()
+        try:
+            train_stats = self._train_epoch(images, masks, epoch)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise _out_of_memory(exc, f"training epoch {epoch}", self.batch_size, "trainer.batch_size") from None
+        self.train_time += time.perf_counter() - start
+        self.train_images += images.shape[0]
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        val_stats = self.evaluate(val)
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train/loss": train_stats["loss"],
+            "train/iou": train_stats["iou"],
+            "val/loss": val_stats["loss"],
+            "val/iou": val_stats["iou"],
+            "val/dice": val_stats["dice"],
+            "time": time.perf_counter() - start,
+        }
+        self.history.append(row)
+        write_csv(self.out_dir / "history.csv", self.history, HISTORY_COLUMNS)
+        improved = val_stats["iou"] > self.best_iou
+        if improved:
+            self.best_iou, self.best_epoch = val_stats["iou"], epoch
+        # last.pt is written in the background while the next epoch trains; best.pt is a link to the same file
+        checkpoints = self.out_dir / "checkpoints"
+        self.checkpoints.save(checkpoints / "last.pt", self.state(epoch), also=[checkpoints / "best.pt"] if improved else [])
+        log.info(
+            "epoch %d/%d  lr %.2e  train/loss %.4f  train/iou %.4f  val/loss %.4f  val/iou %.4f  val/dice %.4f  (%.1fs)",
+            epoch, self.epochs, lr, row["train/loss"], row["train/iou"], row["val/loss"], row["val/iou"],
+            row["val/dice"], row["time"],
+        )
 
     def _train_epoch(self, images: torch.Tensor, masks: torch.Tensor, epoch: int) -> dict[str, float]:
         self.model.train()
