@@ -7,7 +7,8 @@ In one process, with the same model, data and number of optimizer steps, it time
   (b) segbench's Trainer epoch (in-memory uint8 split, batches indexed on the
       device, statistics accumulated on the device);
   (c) forward/backward/step on one fixed, already-normalised batch (the ceiling);
-and prints images/s of each, b/a and b/c, and the cold vs cached load time of the dataset.
+and prints images/s of each, b/a and b/c, the time a checkpoint of the model costs
+the training loop, and the cold vs cached load time of the dataset.
 
     python -m segbench.bench                                     # CPU, small: under a minute
     python -m segbench.bench --size 256 --base-width 64 --device cuda --dataset ph2
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import PH2, SegArrays, SyntheticDermoscopy
+from .io import CheckpointWriter, save_checkpoint
 from .losses import BCELoss
 from .metrics import image_metrics
 from .models import UNet
@@ -86,6 +88,30 @@ def trainer_loop(train: SegArrays, args, device: torch.device) -> float:
         return time.perf_counter() - start
 
 
+def trainer_overhead(train: SegArrays, args, device: torch.device, repeats: int = 50) -> float:
+    """Seconds per batch of the trainer's own work besides forward/backward/step: gathering and
+    normalising the batch, and its IoU (the rest of its bookkeeping is a few scalar operations)."""
+    trainer = Trainer(_model(args, device), BCELoss(), None, None, device, Path("."), epochs=1,
+                      batch_size=args.batch_size, eval_batch_size=args.batch_size, progress=False)
+    trainer.normalizer = Normalizer.fit(train.images)
+    images, masks = train.images.to(device), train.masks.to(device)
+    idx = torch.randperm(len(train))[: args.batch_size].to(device)
+    logits = torch.randn((len(idx), 1, *images.shape[2:]), device=device)
+
+    def work() -> torch.Tensor:
+        x, y = trainer._batch(images, masks, idx)
+        return image_metrics(logits, y, trainer.threshold)["iou"].sum() + x[0, 0, 0, 0]
+
+    for _ in range(5):
+        work()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        work()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
 def ceiling_loop(train: SegArrays, args, device: torch.device, steps: int) -> float:
     """Forward/backward/step on one fixed normalised batch; returns seconds for ``steps`` steps."""
     model = _model(args, device)
@@ -101,6 +127,30 @@ def ceiling_loop(train: SegArrays, args, device: torch.device, steps: int) -> fl
         optimizer.step()
     _sync(device)
     return time.perf_counter() - start
+
+
+def checkpoint_times(args, device: torch.device, repeats: int = 3) -> tuple[float, float, float]:
+    """A checkpoint of the bench's model and Adam state: (MB, seconds to write it in the foreground,
+    seconds the training loop waits for the trainer's background writer); medians of ``repeats``."""
+    model = _model(args, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model(torch.zeros(1, 3, 32, 32, device=device)).mean().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    foreground, waited = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "last.pt"
+        writer = CheckpointWriter()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            save_checkpoint(path, state)
+            foreground.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            writer.save(path, state, also=[Path(tmp) / "best.pt"])
+            waited.append(time.perf_counter() - start)
+            writer.wait()
+        size = path.stat().st_size / 1e6
+    return size, float(np.median(foreground)), float(np.median(waited))
 
 
 def load_times(args) -> tuple[float, float] | None:
@@ -127,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--train-cases", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per loop and round")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of (a, b, c); the median time is reported")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="rounds of (a, b, c), each starting one loop later; medians over rounds are reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--load-size", type=int, default=256, help="image side for the PH2 load timing (default 256)")
@@ -154,22 +205,34 @@ def main(argv: list[str] | None = None) -> None:
     if args.warmup:
         for loop in loops.values():
             loop(warm)
-    # the loops take turns, round after round, so a slower or faster phase of the machine hits them alike
+    # the loops take turns, round after round, each round starting one loop later, so that neither a slower
+    # or faster phase of the machine nor the position in a round favours one of them; ratios are taken
+    # within a round, and the median over rounds is reported with the range
     times = {k: [] for k in loops}
-    for _ in range(args.rounds):
-        for name, loop in loops.items():
-            times[name].append(loop(args))
-    results = {k: float(np.median(v)) for k, v in times.items()}
+    names = list(loops)
+    for r in range(args.rounds):
+        for name in names[r % 3:] + names[: r % 3]:
+            times[name].append(loops[name](args))
     # (c) runs full batches only; count the images it processed
     images = {"a": args.epochs * len(train), "b": args.epochs * len(train), "c": steps * args.batch_size}
-    rate = {k: images[k] / results[k] for k in results}
+    rates = {k: np.array([images[k] / t for t in v]) for k, v in times.items()}
     print()
-    print("| loop | images/s |")
-    print("|---|---|")
-    print(f"| (a) reference notebook loop | {rate['a']:.1f} |")
-    print(f"| (b) segbench trainer | {rate['b']:.1f} |")
-    print(f"| (c) ceiling: fixed batch | {rate['c']:.1f} |")
-    print(f"\nb/a = {rate['b'] / rate['a']:.2f}   b/c = {rate['b'] / rate['c']:.3f}")
+    print("| loop | images/s (median) | range over rounds |")
+    print("|---|---|---|")
+    for key, label in (("a", "(a) reference notebook loop"), ("b", "(b) segbench trainer"),
+                       ("c", "(c) ceiling: fixed batch")):
+        print(f"| {label} | {np.median(rates[key]):.1f} | {rates[key].min():.1f} - {rates[key].max():.1f} |")
+    print()
+    for num, den in (("b", "a"), ("b", "c")):
+        ratio = rates[num] / rates[den]
+        print(f"{num}/{den} = {np.median(ratio):.3f}   (per round: {' '.join(f'{x:.3f}' for x in ratio)})")
+    step = args.batch_size / np.median(rates["c"])
+    overhead = trainer_overhead(train, args, device)
+    print(f"the trainer's own work per batch (gather, normalise, IoU): {overhead * 1e3:.2f} ms = "
+          f"{100 * overhead / step:.1f} % of a ceiling step ({step * 1e3:.1f} ms)")
+    size, foreground, waited = checkpoint_times(args, device)
+    print(f"checkpoint (model + Adam state, {size:.1f} MB): written in the foreground {foreground:.3f} s; "
+          f"the trainer's loop waits {waited:.3f} s (snapshot) and writes it in the background")
     loads = load_times(args)
     if loads is None:
         print("PH2 load: no PH2 root (set SEGBENCH_PH2_ROOT or --ph2-root) to time cold vs cached loading")

@@ -214,6 +214,10 @@ class Trainer:
         """uint8 (B, 3, H, W) on the device -> normalised float in the model's memory format."""
         return self.normalizer(images).contiguous(memory_format=self.memory_format)
 
+    def _batch(self, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch ``idx`` gathered from the split on the device: normalised inputs, float masks."""
+        return self._inputs(images[idx]), masks[idx].float()
+
     def fit(self, train: SegArrays, val: SegArrays, start_epoch: int = 1) -> list[dict]:
         """Train epochs ``start_epoch..epochs``, evaluating on ``val`` after each; keeps best.pt (by val IoU)
         and last.pt. After :meth:`resume`, pass the epoch it returned."""
@@ -283,7 +287,7 @@ class Trainer:
         bar = tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not self.progress, dynamic_ncols=True)
         for step, b in enumerate(bar, 1):
             idx = order[b : b + self.batch_size]
-            x, y = self._inputs(images[idx]), masks[idx].float()
+            x, y = self._batch(images, masks, idx)
             with self._autocast():
                 logits = self._forward(x)
                 loss = self.loss_fn(logits, y)  # losses compute in float32 from (possibly bf16/fp16) logits

@@ -103,5 +103,6 @@ def test_bench_command_prints_the_table(capsys):
     bench.main(["--size", "32", "--base-width", "4", "--train-cases", "20", "--batch-size", "10", "--load-size", "32",
                 "--epochs", "1", "--rounds", "1", "--warmup", "0", "--ph2-root", ""])
     out = capsys.readouterr().out
-    for line in ("(a) reference notebook loop", "(b) segbench trainer", "(c) ceiling: fixed batch", "b/a = ", "b/c = "):
+    for line in ("(a) reference notebook loop", "(b) segbench trainer", "(c) ceiling: fixed batch", "b/a = ", "b/c = ",
+                 "checkpoint (model + Adam state", "no PH2 root"):
         assert line in out
