@@ -8,7 +8,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -69,6 +69,16 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "fp16" and device.type != "cuda":
         raise UserError(f"trainer.precision=fp16 needs a CUDA device (device is {device}); use bf16 or fp32")
     return name
+
+
+def optimizer_options(make_optimizer: Callable, optimizer_cfg: Any, device: torch.device) -> dict[str, Any]:
+    """``{"fused": True}`` on CUDA for an optimizer that has a fused kernel (Adam, AdamW, SGD), unless the
+    config sets ``fused`` itself. Nothing elsewhere: fused CPU kernels need torch >= 2.4, and the default keeps
+    CPU results identical across torch versions."""
+    func = getattr(make_optimizer, "func", make_optimizer)
+    if device.type == "cuda" and "fused" in inspect.signature(func).parameters and "fused" not in optimizer_cfg:
+        return {"fused": True}
+    return {}
 
 
 def seed_everything(seed: int) -> None:
@@ -220,16 +230,17 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     names = _choices(cfg)
     log.info("run dir %s; device %s; %s", out_dir, device, ", ".join(f"{k}={v}" for k, v in names.items()))
 
-    precision = resolve_precision(str(cfg.trainer.precision), device)
     on_gpu = device.type == "cuda"
+    if on_gpu and device.index is not None:
+        torch.cuda.set_device(device)  # this job's GPU (round-robin in a multirun), before anything touches GPU 0
+    precision = resolve_precision(str(cfg.trainer.precision), device)
     torch.backends.cudnn.benchmark = on_gpu  # fixed input sizes: let cuDNN pick the fastest kernels
 
     # Build every component before loading data, so a config error costs nothing.
     model = build(cfg.model, "model").to(device)
     loss_fn = build(cfg.loss, "loss")
     make_optimizer = build(cfg.optimizer, "optimizer")
-    fused = on_gpu and "fused" in inspect.signature(make_optimizer.func).parameters and "fused" not in cfg.optimizer
-    optimizer = make_optimizer(params=model.parameters(), **({"fused": True} if fused else {}))
+    optimizer = make_optimizer(params=model.parameters(), **optimizer_options(make_optimizer, cfg.optimizer, device))
     scheduler = build(cfg.scheduler, "scheduler")(optimizer=optimizer) if cfg.get("scheduler") else None
     dataset = build(cfg.dataset, "dataset")
 

@@ -106,3 +106,76 @@ def test_bench_command_prints_the_table(capsys):
     for line in ("(a) reference notebook loop", "(b) segbench trainer", "(c) ceiling: fixed batch", "b/a = ", "b/c = ",
                  "checkpoint (model + Adam state", "no PH2 root"):
         assert line in out
+
+
+CPU = torch.device("cpu")
+
+
+def _tiny_data():
+    data = SyntheticDermoscopy(num_cases=12, image_size=32, split_sizes=[6, 3, 3]).arrays
+    return data.subset(data.ids[:6]), data.subset(data.ids[6:9])
+
+
+def _trainer(out, **kwargs):
+    torch.manual_seed(0)
+    model = UNet(base_width=4)
+    options = {"epochs": 2, "batch_size": 3, "eval_batch_size": 3, "progress": False, **kwargs}
+    return Trainer(model, BCELoss(), torch.optim.Adam(model.parameters(), lr=1e-3), None, CPU, out, **options)
+
+
+def test_channels_last_step_equals_the_contiguous_step(tmp_path):
+    train, _ = _tiny_data()
+    results = []
+    for channels_last in (False, True):
+        trainer = _trainer(tmp_path, batch_size=6, channels_last=channels_last)
+        trainer.normalizer = Normalizer.fit(train.images)
+        stats = trainer._train_epoch(train.images, train.masks, epoch=1)
+        conv = next(p for p in trainer.module.parameters() if p.dim() == 4)
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        results.append((stats["loss"], [p.grad.clone() for p in trainer.module.parameters()]))
+    (loss, grads), (loss_cl, grads_cl) = results
+    assert loss_cl == pytest.approx(loss, rel=1e-5)
+    for g, g_cl in zip(grads, grads_cl):
+        torch.testing.assert_close(g_cl, g, rtol=1e-4, atol=1e-6)
+
+
+def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(tmp_path):
+    """The fp16 path (GPUs without bf16), run under CPU autocast: the GradScaler scales the loss, its state
+    goes into the checkpoint, and resuming restores it."""
+    train, val = _tiny_data()
+    reference = _trainer(tmp_path / "fp32").fit(train, val)
+    trainer = _trainer(tmp_path / "fp16", precision="fp16")
+    history = trainer.fit(train, val)
+    assert history[0]["train/loss"] == pytest.approx(reference[0]["train/loss"], rel=1e-2)  # fp16 rounding only
+    saved = torch.load(tmp_path / "fp16" / "checkpoints" / "last.pt", weights_only=False)["scaler"]
+    assert saved == trainer.scaler.state_dict() and saved["scale"] > 0  # a disabled scaler saves {}
+    resumed = _trainer(tmp_path / "other", precision="fp16")
+    assert resumed.resume(tmp_path / "fp16" / "checkpoints" / "last.pt") == 3
+    assert resumed.scaler.state_dict() == saved
+
+
+def test_fused_adam_is_chosen_on_cuda_only():
+    from functools import partial
+
+    from omegaconf import OmegaConf
+
+    from segbench.train import optimizer_options
+
+    adam = OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    assert optimizer_options(partial(torch.optim.Adam, lr=1e-3), adam, torch.device("cuda:1")) == {"fused": True}
+    assert optimizer_options(partial(torch.optim.Adam, lr=1e-3), adam, CPU) == {}
+    chosen = OmegaConf.merge(adam, {"fused": False})  # the user's setting wins
+    assert optimizer_options(partial(torch.optim.Adam, lr=1e-3, fused=False), chosen, torch.device("cuda")) == {}
+    rmsprop = OmegaConf.create({"_target_": "torch.optim.RMSprop", "_partial_": True})  # no fused kernel
+    assert optimizer_options(partial(torch.optim.RMSprop), rmsprop, torch.device("cuda")) == {}
+
+
+def test_auto_device_spreads_multirun_jobs_over_gpus(monkeypatch):
+    from segbench.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [resolve_device("auto", job_num=j) for j in range(4)] == [torch.device(f"cuda:{i}") for i in (0, 1, 2, 0)]
+    assert resolve_device("auto") == torch.device("cuda")  # a single run uses the current GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", job_num=5) == torch.device("cuda")
