@@ -182,6 +182,7 @@ def test_background_checkpoint_is_a_snapshot_and_best_is_the_same_file(tmp_path)
     writer.save(tmp_path / "last.pt", {"w": weight, "history": [1, 2]})
     writer.wait()
     assert torch.load(tmp_path / "last.pt")["history"] == [1, 2]
+    assert torch.equal(torch.load(tmp_path / "last.pt")["w"], torch.full((3,), 2.0))  # into the reused copy
     assert torch.equal(torch.load(tmp_path / "best.pt")["w"], torch.ones(3))  # best stays at its epoch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temp files
 
