@@ -71,6 +71,7 @@ class Normalizer:
 
     def __init__(self, mean: list[float], std: list[float]) -> None:
         self.mean, self.std = list(mean), list(std)
+        self._tensors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # made once per device
 
     @classmethod
     def fit(cls, images: torch.Tensor) -> "Normalizer":
@@ -78,8 +79,10 @@ class Normalizer:
         return cls(x.mean(1).tolist(), x.std(1).clamp(min=1e-6).tolist())
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        if images.device not in self._tensors:
+            self._tensors[images.device] = tuple(
+                torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        mean, std = self._tensors[images.device]
         return (images.float() / 255 - mean) / std
 
 
