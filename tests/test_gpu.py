@@ -1,0 +1,45 @@
+"""GPU paths end to end; skipped (with the reason) where there is no CUDA device. CI has none."""
+import numpy as np
+import pytest
+import torch
+
+from segbench.losses import BCELoss
+from segbench.train import resolve_precision, run
+from tests.conftest import TINY, compose_cfg
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+ON_GPU = [o for o in TINY if not o.startswith("trainer.device=")] + ["trainer.device=cuda"]
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "fp16"])
+def test_a_run_trains_on_the_gpu_in_each_precision(tmp_path, precision):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    metrics = run(compose_cfg([*ON_GPU, f"trainer.precision={precision}", f"output_dir={tmp_path}"]))
+    assert metrics["status"] == "done" and metrics["device"].startswith("cuda")
+    assert metrics["precision"] == resolve_precision(precision, torch.device("cuda"))
+    assert np.isfinite(metrics["test/loss"])
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert all(t.device.type == "cpu" for t in last["model"].values())  # checkpoints load on any machine
+
+
+def test_channels_last_compiled_fused_run_on_the_gpu(tmp_path):
+    metrics = run(compose_cfg([*ON_GPU, "trainer.channels_last=true", "trainer.compile=true", f"output_dir={tmp_path}"]))
+    assert metrics["status"] == "done" and np.isfinite(metrics["test/loss"])
+
+
+def test_gpu_loss_matches_the_cpu_loss(tmp_path):
+    """The same fp32 forward on GPU (TF32 convolutions allowed) and CPU: the same loss to TF32 precision."""
+    from segbench.data import SyntheticDermoscopy
+    from segbench.models import UNet
+    from segbench.trainer import Normalizer
+
+    data = SyntheticDermoscopy(num_cases=8, image_size=32, split_sizes=[6, 1, 1]).arrays
+    torch.manual_seed(0)
+    model = UNet(base_width=4)
+    x = Normalizer.fit(data.images)(data.images)
+    y = data.masks.float()
+    cpu = BCELoss()(model(x), y).item()
+    gpu = BCELoss()(model.cuda()(x.cuda()), y.cuda()).item()
+    assert gpu == pytest.approx(cpu, rel=1e-2)
