@@ -5,10 +5,15 @@ In one process, with the same model, data and number of optimizer steps, it time
       a Python list of numpy arrays, fp32, per-batch ``.to(device)``, ``.item()``
       of the loss and IoU every batch;
   (b) segbench's Trainer epoch (in-memory uint8 split, batches indexed on the
-      device, statistics accumulated on the device);
-  (c) forward/backward/step on one fixed, already-normalised batch (the ceiling);
-and prints images/s of each, b/a and b/c, the time a checkpoint of the model costs
-the training loop, and the cold vs cached load time of the dataset.
+      device, statistics accumulated on the device), with the settings a run
+      resolves on the device (``--precision``, ``--channels-last``, ``--compile``;
+      on CUDA: bf16 or fp16, channels-last, fused Adam, cudnn.benchmark);
+  (c) forward/backward/step on one fixed, already-normalised batch with (b)'s
+      settings (the ceiling);
+and prints images/s of each, b/a and b/c, the trainer's own per-batch work, the
+time a checkpoint of the model costs the training loop, and the cold vs cached
+load time of the dataset. Each loop is built once, warmed up (compilation,
+autotuning), then timed in interleaved rounds.
 
     python -m segbench.bench                                     # CPU, small: under a minute
     python -m segbench.bench --size 256 --base-width 64 --device cuda --dataset ph2
@@ -19,6 +24,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,8 +35,12 @@ from .io import CheckpointWriter, save_checkpoint
 from .losses import BCELoss
 from .metrics import image_metrics
 from .models import UNet
-from .train import resolve_device
-from .trainer import Normalizer, Trainer
+from .errors import UserError
+from .train import PRECISIONS, optimizer_options, resolve_device, resolve_precision, resolve_switch
+from .trainer import AUTOCAST_DTYPES, Normalizer, Trainer, maybe_compile
+
+
+SWITCHES = {"auto": "auto", "true": True, "false": False}
 
 
 def _sync(device: torch.device) -> None:
@@ -43,8 +53,25 @@ def _model(args, device: torch.device) -> torch.nn.Module:
     return UNet(base_width=args.base_width).to(device)
 
 
-def reference_loop(train: SegArrays, args, device: torch.device) -> float:
-    """Notebook style; returns seconds for ``args.epochs`` epochs."""
+def _adam(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """Adam as a segbench run builds it on ``device`` (fused on CUDA)."""
+    options = optimizer_options(torch.optim.Adam, {}, device)
+    return torch.optim.Adam(model.parameters(), lr=1e-4, **options)
+
+
+Loop = Callable[[int], float]  # epochs -> seconds
+
+
+def _timed(device: torch.device, body: Callable[[], None]) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    body()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def reference_loop(train: SegArrays, args, device: torch.device) -> Loop:
+    """(a) the notebook style: fp32, a DataLoader over numpy arrays, ``.item()`` every batch."""
     mean = train.images.float().div(255).mean((0, 2, 3)).view(3, 1, 1).numpy()
     std = train.images.float().div(255).std((0, 2, 3)).view(3, 1, 1).numpy()
     samples = [((img.numpy() / 255.0 - mean) / std, msk.numpy()) for img, msk in zip(train.images, train.masks)]
@@ -53,46 +80,79 @@ def reference_loop(train: SegArrays, args, device: torch.device) -> float:
     model = _model(args, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = BCELoss()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.epochs):
-        model.train()
-        losses, ious = [], []
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            ious.append(image_metrics(logits.detach(), y)["iou"].mean().item())
-    _sync(device)
-    return time.perf_counter() - start
+
+    def epochs(n: int) -> None:
+        for _ in range(n):
+            model.train()
+            losses, ious = [], []
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad()
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                ious.append(image_metrics(logits.detach(), y)["iou"].mean().item())
+
+    def run(n: int) -> float:
+        torch.backends.cudnn.benchmark = False  # the notebooks' default
+        return _timed(device, lambda: epochs(n))
+
+    return run
 
 
-def trainer_loop(train: SegArrays, args, device: torch.device) -> float:
-    """segbench's Trainer epochs (no validation, no checkpoints); returns seconds."""
+def trainer_loop(train: SegArrays, args, device: torch.device, out_dir: Path) -> Loop:
+    """(b) segbench's Trainer epochs, set up as a run on ``device`` sets it up (no validation or checkpoints)."""
     model = _model(args, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, BCELoss(), optimizer, None, device, Path(tmp), epochs=args.epochs,
-                          batch_size=args.batch_size, eval_batch_size=args.batch_size, progress=False)
-        trainer.normalizer = Normalizer.fit(train.images)
-        images, masks = train.images.to(device), train.masks.to(device)
-        _sync(device)
-        start = time.perf_counter()
-        for epoch in range(1, args.epochs + 1):
-            trainer._train_epoch(images, masks, epoch)
-        _sync(device)
-        return time.perf_counter() - start
+    trainer = Trainer(model, BCELoss(), _adam(model, device), None, device, out_dir, epochs=1,
+                      batch_size=args.batch_size, eval_batch_size=args.batch_size, progress=False,
+                      precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+    trainer.normalizer = Normalizer.fit(train.images)
+    images, masks = train.images.to(device), train.masks.to(device)
+
+    def run(n: int) -> float:
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+        return _timed(device, lambda: [trainer._train_epoch(images, masks, epoch) for epoch in range(1, n + 1)])
+
+    return run
+
+
+def ceiling_loop(train: SegArrays, args, device: torch.device) -> Loop:
+    """(c) forward/backward/step on one fixed normalised batch, with the trainer's settings (precision,
+    memory format, optimizer, compile); as many steps as the other loops take."""
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = _model(args, device).to(memory_format=memory_format)
+    optimizer = _adam(model, device)
+    forward = maybe_compile(model) if args.compile else model
+    dtype = AUTOCAST_DTYPES[args.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    loss_fn = BCELoss()
+    x = Normalizer.fit(train.images)(train.images[: args.batch_size].to(device)).contiguous(memory_format=memory_format)
+    y = train.masks[: args.batch_size].to(device).float()
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = loss_fn(forward(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    def run(n: int) -> float:
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+        return _timed(device, lambda: steps(n * -(-len(train) // args.batch_size)))
+
+    return run
 
 
 def trainer_overhead(train: SegArrays, args, device: torch.device, repeats: int = 50) -> float:
     """Seconds per batch of the trainer's own work besides forward/backward/step: gathering and
     normalising the batch, and its IoU (the rest of its bookkeeping is a few scalar operations)."""
     trainer = Trainer(_model(args, device), BCELoss(), None, None, device, Path("."), epochs=1,
-                      batch_size=args.batch_size, eval_batch_size=args.batch_size, progress=False)
+                      batch_size=args.batch_size, eval_batch_size=args.batch_size, progress=False,
+                      channels_last=args.channels_last)
     trainer.normalizer = Normalizer.fit(train.images)
     images, masks = train.images.to(device), train.masks.to(device)
     idx = torch.randperm(len(train))[: args.batch_size].to(device)
@@ -112,28 +172,11 @@ def trainer_overhead(train: SegArrays, args, device: torch.device, repeats: int 
     return (time.perf_counter() - start) / repeats
 
 
-def ceiling_loop(train: SegArrays, args, device: torch.device, steps: int) -> float:
-    """Forward/backward/step on one fixed normalised batch; returns seconds for ``steps`` steps."""
-    model = _model(args, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = BCELoss()
-    x = Normalizer.fit(train.images)(train.images[: args.batch_size].to(device))
-    y = train.masks[: args.batch_size].to(device).float()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def checkpoint_times(args, device: torch.device, repeats: int = 3) -> tuple[float, float, float]:
     """A checkpoint of the bench's model and Adam state: (MB, seconds to write it in the foreground,
     seconds the training loop waits for the trainer's background writer); medians of ``repeats``."""
     model = _model(args, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = _adam(model, device)
     model(torch.zeros(1, 3, 32, 32, device=device)).mean().backward()
     optimizer.step()
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
@@ -166,6 +209,23 @@ def load_times(args) -> tuple[float, float] | None:
         return cold, time.perf_counter() - start
 
 
+def _interleaved(loops: dict[str, Loop], args) -> dict[str, list[float]]:
+    """Warm each loop up (compilation, cuDNN autotuning), then time ``args.rounds`` rounds of all of them.
+
+    Each round starts one loop later than the last, so that neither a slower or faster phase of the
+    machine nor the position in a round favours one loop; ratios are taken within a round.
+    """
+    for loop in loops.values():
+        if args.warmup:
+            loop(args.warmup)
+    times: dict[str, list[float]] = {k: [] for k in loops}
+    names = list(loops)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(loops[name](args.epochs))
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     import os
 
@@ -181,9 +241,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="rounds of (a, b, c), each starting one loop later; medians over rounds are reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="(b) and (c), as trainer.precision")
+    parser.add_argument("--channels-last", default="auto", choices=SWITCHES, help="(b) and (c), as trainer.channels_last")
+    parser.add_argument("--compile", default="false", choices=SWITCHES, help="(b) and (c), as trainer.compile")
     parser.add_argument("--load-size", type=int, default=256, help="image side for the PH2 load timing (default 256)")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+        args.precision = resolve_precision(args.precision, device)
+    except UserError as exc:
+        parser.error(str(exc).replace("trainer.", "--"))
+    args.channels_last = resolve_switch(SWITCHES[args.channels_last], device)
+    args.compile = resolve_switch(SWITCHES[args.compile], device)
     if args.dataset == "ph2":
         data = PH2(args.ph2_root, image_size=args.size, split_sizes=[args.train_cases, 1, 1],
                    cache_dir=os.environ.get("SEGBENCH_CACHE", "~/.cache/segbench")).arrays
@@ -196,23 +265,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.base_width}, {len(train)} {args.dataset} images at {args.size}px, batch {args.batch_size}, "
           f"{args.epochs} epochs = {steps} steps per loop and round, median of {args.rounds} interleaved rounds "
           f"(after {args.warmup} warm-up epoch(s))")
-    warm = argparse.Namespace(**{**vars(args), "epochs": args.warmup})
-    loops = {
-        "a": lambda a: reference_loop(train, a, device),
-        "b": lambda a: trainer_loop(train, a, device),
-        "c": lambda a: ceiling_loop(train, a, device, steps=a.epochs * -(-len(train) // a.batch_size)),
-    }
-    if args.warmup:
-        for loop in loops.values():
-            loop(warm)
-    # the loops take turns, round after round, each round starting one loop later, so that neither a slower
-    # or faster phase of the machine nor the position in a round favours one of them; ratios are taken
-    # within a round, and the median over rounds is reported with the range
-    times = {k: [] for k in loops}
-    names = list(loops)
-    for r in range(args.rounds):
-        for name in names[r % 3:] + names[: r % 3]:
-            times[name].append(loops[name](args))
+    fused = bool(optimizer_options(torch.optim.Adam, {}, device))
+    print(f"(a) fp32, Adam, cudnn.benchmark off; (b) and (c) as a segbench run: precision {args.precision}, "
+          f"channels_last {args.channels_last}, {'fused ' if fused else ''}Adam, compile {args.compile}"
+          + (", cudnn.benchmark on" if device.type == "cuda" else ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        loops = {"a": reference_loop(train, args, device), "b": trainer_loop(train, args, device, Path(tmp)),
+                 "c": ceiling_loop(train, args, device)}
+        times = _interleaved(loops, args)
     # (c) runs full batches only; count the images it processed
     images = {"a": args.epochs * len(train), "b": args.epochs * len(train), "c": steps * args.batch_size}
     rates = {k: np.array([images[k] / t for t in v]) for k, v in times.items()}

@@ -71,6 +71,11 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def resolve_switch(value: Any, device: torch.device) -> bool:
+    """A trainer switch (channels_last, compile): ``auto`` is on for CUDA and off elsewhere."""
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
 def optimizer_options(make_optimizer: Callable, optimizer_cfg: Any, device: torch.device) -> dict[str, Any]:
     """``{"fused": True}`` on CUDA for an optimizer that has a fused kernel (Adam, AdamW, SGD), unless the
     config sets ``fused`` itself. Nothing elsewhere: fused CPU kernels need torch >= 2.4, and the default keeps
@@ -265,8 +270,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         eval_batch_size=cfg.trainer.eval_batch_size, threshold=fixed_threshold,
         seed=int(cfg.seed), config=resolved, progress=bool(cfg.trainer.progress),
         log_every=int(cfg.trainer.log_every), precision=precision,
-        channels_last=on_gpu if cfg.trainer.channels_last == "auto" else bool(cfg.trainer.channels_last),
-        compile=on_gpu if cfg.trainer.compile == "auto" else bool(cfg.trainer.compile),
+        channels_last=resolve_switch(cfg.trainer.channels_last, device),
+        compile=resolve_switch(cfg.trainer.compile, device),
     )
     start_epoch = 1
     last = out_dir / "checkpoints" / "last.pt"

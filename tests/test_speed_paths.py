@@ -106,6 +106,16 @@ def test_bench_command_prints_the_table(capsys):
     for line in ("(a) reference notebook loop", "(b) segbench trainer", "(c) ceiling: fixed batch", "b/a = ", "b/c = ",
                  "checkpoint (model + Adam state", "no PH2 root"):
         assert line in out
+    assert "precision fp32, channels_last False, Adam, compile False" in out  # a CPU run's settings
+
+
+def test_bench_runs_the_trainer_with_the_chosen_fast_paths(capsys):
+    bench.main(["--size", "32", "--base-width", "4", "--train-cases", "10", "--batch-size", "5", "--epochs", "1",
+                "--rounds", "1", "--warmup", "0", "--ph2-root", "", "--precision", "bf16", "--channels-last", "true"])
+    assert "precision bf16, channels_last True, Adam, compile False" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--precision", "fp16"])  # needs CUDA
+    assert "--precision=fp16 needs a CUDA device" in capsys.readouterr().err
 
 
 CPU = torch.device("cpu")
