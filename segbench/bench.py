@@ -31,13 +31,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import PH2, SegArrays, SyntheticDermoscopy
+from .errors import UserError
 from .io import CheckpointWriter, save_checkpoint
 from .losses import BCELoss
 from .metrics import image_metrics
 from .models import UNet
-from .errors import UserError
 from .train import PRECISIONS, optimizer_options, resolve_device, resolve_precision, resolve_switch
-from .trainer import AUTOCAST_DTYPES, Normalizer, Trainer, maybe_compile
+from .trainer import Normalizer, Trainer, autocast, maybe_compile
 
 
 SWITCHES = {"auto": "auto", "true": True, "false": False}
@@ -118,14 +118,13 @@ def trainer_loop(train: SegArrays, args, device: torch.device, out_dir: Path) ->
     return run
 
 
-def ceiling_loop(train: SegArrays, args, device: torch.device) -> Loop:
+def ceiling_loop(train: SegArrays, args, device: torch.device, batches_per_epoch: int) -> Loop:
     """(c) forward/backward/step on one fixed normalised batch, with the trainer's settings (precision,
-    memory format, optimizer, compile); as many steps as the other loops take."""
+    memory format, optimizer, compile); ``batches_per_epoch`` steps per epoch, as the other loops take."""
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = _model(args, device).to(memory_format=memory_format)
     optimizer = _adam(model, device)
     forward = maybe_compile(model) if args.compile else model
-    dtype = AUTOCAST_DTYPES[args.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     loss_fn = BCELoss()
     x = Normalizer.fit(train.images)(train.images[: args.batch_size].to(device)).contiguous(memory_format=memory_format)
@@ -134,7 +133,7 @@ def ceiling_loop(train: SegArrays, args, device: torch.device) -> Loop:
     def steps(n: int) -> None:
         for _ in range(n):
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device, args.precision):
                 loss = loss_fn(forward(x), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -142,7 +141,7 @@ def ceiling_loop(train: SegArrays, args, device: torch.device) -> Loop:
 
     def run(n: int) -> float:
         torch.backends.cudnn.benchmark = device.type == "cuda"
-        return _timed(device, lambda: steps(n * -(-len(train) // args.batch_size)))
+        return _timed(device, lambda: steps(n * batches_per_epoch))
 
     return run
 
@@ -215,8 +214,8 @@ def _interleaved(loops: dict[str, Loop], args) -> dict[str, list[float]]:
     Each round starts one loop later than the last, so that neither a slower or faster phase of the
     machine nor the position in a round favours one loop; ratios are taken within a round.
     """
-    for loop in loops.values():
-        if args.warmup:
+    if args.warmup:
+        for loop in loops.values():
             loop(args.warmup)
     times: dict[str, list[float]] = {k: [] for k in loops}
     names = list(loops)
@@ -260,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         data = SyntheticDermoscopy(num_cases=args.train_cases, image_size=args.size,
                                    split_sizes=[args.train_cases - 2, 1, 1]).arrays
     train = data.subset(data.ids[: args.train_cases])
-    steps = args.epochs * -(-len(train) // args.batch_size)
+    batches_per_epoch = -(-len(train) // args.batch_size)
+    steps = args.epochs * batches_per_epoch
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; U-Net base width "
           f"{args.base_width}, {len(train)} {args.dataset} images at {args.size}px, batch {args.batch_size}, "
           f"{args.epochs} epochs = {steps} steps per loop and round, median of {args.rounds} interleaved rounds "
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
           + (", cudnn.benchmark on" if device.type == "cuda" else ""))
     with tempfile.TemporaryDirectory() as tmp:
         loops = {"a": reference_loop(train, args, device), "b": trainer_loop(train, args, device, Path(tmp)),
-                 "c": ceiling_loop(train, args, device)}
+                 "c": ceiling_loop(train, args, device, batches_per_epoch)}
         times = _interleaved(loops, args)
     # (c) runs full batches only; count the images it processed
     images = {"a": args.epochs * len(train), "b": args.epochs * len(train), "c": steps * args.batch_size}

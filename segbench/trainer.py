@@ -44,6 +44,12 @@ def _out_of_memory(exc: BaseException, what: str, batch_size: int, key: str) -> 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context of ``precision`` (fp32: disabled) on ``device``."""
+    dtype = AUTOCAST_DTYPES[precision]
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def maybe_compile(module: nn.Module) -> nn.Module:
     """torch.compile(module), or the module itself with a warning when torch.compile is unavailable.
 
@@ -196,10 +202,6 @@ class Trainer:
         self.module.load_state_dict(state["model"])
 
     # -- loops -------------------------------------------------------------
-    def _autocast(self):
-        dtype = AUTOCAST_DTYPES[self.precision]
-        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's logits; a compiled model whose backend fails falls back to the eager module."""
         if self.model is self.module:
@@ -291,7 +293,7 @@ class Trainer:
         for step, b in enumerate(bar, 1):
             idx = order[b : b + self.batch_size]
             x, y = self._batch(images, masks, idx)
-            with self._autocast():
+            with autocast(self.device, self.precision):
                 logits = self._forward(x)
                 loss = self.loss_fn(logits, y)  # losses compute in float32 from (possibly bf16/fp16) logits
             self.optimizer.zero_grad(set_to_none=True)
@@ -344,7 +346,7 @@ class Trainer:
         self.model.eval()
         out = []
         for x, _ in self._batches(data):
-            with self._autocast():
+            with autocast(self.device, self.precision):
                 out.append(self._forward(x).float().cpu())
         return torch.cat(out)
 
@@ -354,7 +356,7 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         loss_sum = torch.zeros((), device=self.device)
         for x, y in self._batches(data):
-            with self._autocast():
+            with autocast(self.device, self.precision):
                 logits = self._forward(x)
                 loss_sum += self.loss_fn(logits, y) * y.shape[0]
             for k, v in image_metrics(logits, y, self.threshold).items():
