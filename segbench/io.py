@@ -72,6 +72,12 @@ def save_checkpoint(path: Path, state: dict) -> None:
     _atomic(path, lambda f: torch.save(state, f), "wb")
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint as saved, every tensor on the CPU (RNG states must stay there; weights are copied
+    to the model's device by ``load_state_dict``)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def _cpu_copy(obj: Any, reuse: Any = None) -> Any:
     """A copy of ``obj`` whose tensors are detached CPU copies: later optimizer steps cannot change it.
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 from .evaluate import PH2_DIAGNOSIS, by_group, choose_threshold, per_image, summarize, write_per_image_csv
-from .io import write_csv, write_json
+from .io import load_checkpoint, write_csv, write_json
 from .metrics import DEFINITIONS, image_metrics
 from .plotting import plot_curves, plot_predictions
 from .trainer import HISTORY_COLUMNS, Trainer
@@ -276,8 +276,9 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     start_epoch = 1
     last = out_dir / "checkpoints" / "last.pt"
     if cfg.trainer.get("resume") == "auto" and last.is_file():
-        check_resumable(torch.load(last, map_location="cpu", weights_only=False)["config"], resolved, last)
-        start_epoch = trainer.resume(last)
+        state = load_checkpoint(last)  # read once: checked, then restored
+        check_resumable(state["config"], resolved, last)
+        start_epoch = trainer.resume(state)
         write_csv(out_dir / "history.csv", trainer.history, HISTORY_COLUMNS)  # drop rows of an unfinished epoch
         log.info("resuming from %s at epoch %d of %d", last, start_epoch, cfg.trainer.epochs)
     trainer.fit(parts["train"], parts["val"], start_epoch)

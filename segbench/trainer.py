@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .data import SegArrays
 from .errors import TrainingError
-from .io import CheckpointWriter, write_csv
+from .io import CheckpointWriter, load_checkpoint, write_csv
 from .metrics import image_metrics
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,9 @@ class Trainer:
             "config": self.config,
         }
 
-    def resume(self, path: Path) -> int:
-        """Restore the state saved by :meth:`state`; returns the epoch to continue from."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+    def resume(self, state: dict) -> int:
+        """Restore a state saved by :meth:`state` (as :func:`load_checkpoint` reads it); returns the epoch
+        to continue from."""
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -198,8 +198,7 @@ class Trainer:
 
     def load_best(self) -> None:
         self._finish_checkpoint()
-        state = torch.load(self.out_dir / "checkpoints" / "best.pt", map_location=self.device, weights_only=False)
-        self.module.load_state_dict(state["model"])
+        self.module.load_state_dict(load_checkpoint(self.out_dir / "checkpoints" / "best.pt")["model"])
 
     # -- loops -------------------------------------------------------------
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

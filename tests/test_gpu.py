@@ -43,3 +43,23 @@ def test_gpu_loss_matches_the_cpu_loss(tmp_path):
     cpu = BCELoss()(model(x), y).item()
     gpu = BCELoss()(model.cuda()(x.cuda()), y.cuda()).item()
     assert gpu == pytest.approx(cpu, rel=1e-2)
+
+
+def test_a_gpu_trainer_resumes_from_its_checkpoint(tmp_path):
+    """RNG states in a checkpoint are CPU tensors; resuming on the GPU must keep them there."""
+    from segbench.data import SyntheticDermoscopy
+    from segbench.io import load_checkpoint
+    from segbench.models import UNet
+    from segbench.trainer import Trainer
+
+    data = SyntheticDermoscopy(num_cases=12, image_size=32, split_sizes=[6, 3, 3]).arrays
+    train, val = data.subset(data.ids[:6]), data.subset(data.ids[6:9])
+
+    def trainer(out):
+        torch.manual_seed(0)
+        model = UNet(base_width=4)
+        return Trainer(model, BCELoss(), torch.optim.Adam(model.parameters()), None, torch.device("cuda"), out,
+                       epochs=1, batch_size=3, eval_batch_size=3, progress=False)
+
+    trainer(tmp_path).fit(train, val)
+    assert trainer(tmp_path / "resumed").resume(load_checkpoint(tmp_path / "checkpoints" / "last.pt")) == 2

@@ -9,6 +9,7 @@ import torch
 from segbench import bench
 from segbench.data import SyntheticDermoscopy
 from segbench.errors import UserError
+from segbench.io import load_checkpoint
 from segbench.losses import BCELoss
 from segbench.models import UNet
 from segbench.train import resolve_precision, run
@@ -160,7 +161,7 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(tmp_path):
     saved = torch.load(tmp_path / "fp16" / "checkpoints" / "last.pt", weights_only=False)["scaler"]
     assert saved == trainer.scaler.state_dict() and saved["scale"] > 0  # a disabled scaler saves {}
     resumed = _trainer(tmp_path / "other", precision="fp16")
-    assert resumed.resume(tmp_path / "fp16" / "checkpoints" / "last.pt") == 3
+    assert resumed.resume(load_checkpoint(tmp_path / "fp16" / "checkpoints" / "last.pt")) == 3
     assert resumed.scaler.state_dict() == saved
 
 
