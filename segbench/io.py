@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .errors import TrainingError
@@ -70,6 +71,10 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     _atomic(path, lambda f: torch.save(state, f), "wb")
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    _atomic(path, lambda f: np.savez(f, **arrays), "wb")
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +27,7 @@ from skimage import io as skio
 from skimage.transform import resize
 
 from ..errors import UserError
+from ..io import save_npz
 from .base import SegArrays, SegDataset
 
 log = logging.getLogger(__name__)
@@ -192,18 +192,6 @@ def _cache_key(cases: Sequence[tuple[str, Path, Path]], size: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class PH2(SegDataset):
     """The PH2 database, preprocessed to ``image_size`` and cached in ``cache_dir``.
 
@@ -284,6 +272,6 @@ class PH2(SegDataset):
             images = np.stack([o[0] for o in out])
             masks = np.stack([o[1] for o in out])
             if cache is not None:
-                _save_atomic(cache, images=images, masks=masks)
+                save_npz(cache, images=images, masks=masks)
                 log.info("PH2: cached preprocessed arrays in %s", cache)
         return SegArrays(torch.from_numpy(images), torch.from_numpy(masks), ids, diagnosis)
