@@ -4,11 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from skimage import io as skio
 
+from segbench.config import CONF_DIR, compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONF_DIR
 
 # A tiny synthetic run: seconds on a CPU.
 TINY = [
@@ -26,10 +27,7 @@ TINY = [
 ]
 
 
-def compose_cfg(overrides=()):
-    """Compose conf/config.yaml as the CLI would (without running the job)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+compose_cfg = compose_config  # conf/config.yaml composed as the CLI would, without running the job
 
 
 def run_cli(args, cwd, env=None):
