@@ -1,4 +1,4 @@
-"""``python -m segbench [overrides]``: compose the config and call :func:`segbench.train.run`."""
+"""``segbench [overrides]`` (or ``python -m segbench``): compose the config and call :func:`segbench.train.run`."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +14,7 @@ from segbench.errors import SegbenchError
 log = logging.getLogger("segbench")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://segbench.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the best validation IoU (what a Hydra sweeper would optimise).
 

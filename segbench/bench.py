@@ -30,14 +30,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .build import optimizer_options
 from .data import PH2, SegArrays, SyntheticDermoscopy
+from .engine import (
+    PRECISIONS, FitSettings, Normalizer, Trainer, autocast, maybe_compile, resolve_device, resolve_precision,
+    resolve_switch,
+)
 from .errors import UserError
 from .io import CheckpointWriter, save_checkpoint
 from .losses import BCELoss
 from .metrics import image_metrics
 from .models import UNet
-from .train import PRECISIONS, optimizer_options, resolve_device, resolve_precision, resolve_switch
-from .trainer import Normalizer, Trainer, autocast, maybe_compile
 
 
 SWITCHES = {"auto": "auto", "true": True, "false": False}
@@ -102,18 +105,21 @@ def reference_loop(train: SegArrays, args, device: torch.device) -> Loop:
     return run
 
 
-def trainer_loop(train: SegArrays, args, device: torch.device, out_dir: Path) -> Loop:
+def _settings(args) -> FitSettings:
+    return FitSettings(epochs=1, batch_size=args.batch_size, eval_batch_size=args.batch_size,
+                       precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+
+
+def trainer_loop(train: SegArrays, args, device: torch.device) -> Loop:
     """(b) segbench's Trainer epochs, set up as a run on ``device`` sets it up (no validation or checkpoints)."""
     model = _model(args, device)
-    trainer = Trainer(model, BCELoss(), _adam(model, device), None, device, out_dir, epochs=1,
-                      batch_size=args.batch_size, eval_batch_size=args.batch_size, progress=False,
-                      precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+    trainer = Trainer(model, BCELoss(), _adam(model, device), _settings(args), device)
     trainer.normalizer = Normalizer.fit(train.images)
     images, masks = train.images.to(device), train.masks.to(device)
 
     def run(n: int) -> float:
         torch.backends.cudnn.benchmark = device.type == "cuda"
-        return _timed(device, lambda: [trainer._train_epoch(images, masks, epoch) for epoch in range(1, n + 1)])
+        return _timed(device, lambda: [trainer.train_epoch(images, masks, epoch) for epoch in range(1, n + 1)])
 
     return run
 
@@ -149,17 +155,15 @@ def ceiling_loop(train: SegArrays, args, device: torch.device, batches_per_epoch
 def trainer_overhead(train: SegArrays, args, device: torch.device, repeats: int = 50) -> float:
     """Seconds per batch of the trainer's own work besides forward/backward/step: gathering and
     normalising the batch, and its IoU (the rest of its bookkeeping is a few scalar operations)."""
-    trainer = Trainer(_model(args, device), BCELoss(), None, None, device, Path("."), epochs=1,
-                      batch_size=args.batch_size, eval_batch_size=args.batch_size, progress=False,
-                      channels_last=args.channels_last)
+    trainer = Trainer(_model(args, device), BCELoss(), None, _settings(args), device)
     trainer.normalizer = Normalizer.fit(train.images)
     images, masks = train.images.to(device), train.masks.to(device)
     idx = torch.randperm(len(train))[: args.batch_size].to(device)
     logits = torch.randn((len(idx), 1, *images.shape[2:]), device=device)
 
     def work() -> torch.Tensor:
-        x, y = trainer._batch(images, masks, idx)
-        return image_metrics(logits, y, trainer.threshold)["iou"].sum() + x[0, 0, 0, 0]
+        x, y = trainer.prepare_batch(images, masks, idx)
+        return image_metrics(logits, y, trainer.settings.threshold)["iou"].sum() + x[0, 0, 0, 0]
 
     for _ in range(5):
         work()
@@ -250,14 +254,13 @@ def main(argv: list[str] | None = None) -> None:
         args.precision = resolve_precision(args.precision, device)
     except UserError as exc:
         parser.error(str(exc).replace("trainer.", "--"))
-    args.channels_last = resolve_switch(SWITCHES[args.channels_last], device)
-    args.compile = resolve_switch(SWITCHES[args.compile], device)
+    args.channels_last = resolve_switch("--channels-last", SWITCHES[args.channels_last], device)
+    args.compile = resolve_switch("--compile", SWITCHES[args.compile], device)
     if args.dataset == "ph2":
-        data = PH2(args.ph2_root, image_size=args.size, split_sizes=[args.train_cases, 1, 1],
+        data = PH2(args.ph2_root, image_size=args.size,
                    cache_dir=os.environ.get("SEGBENCH_CACHE", "~/.cache/segbench")).arrays
     else:
-        data = SyntheticDermoscopy(num_cases=args.train_cases, image_size=args.size,
-                                   split_sizes=[args.train_cases - 2, 1, 1]).arrays
+        data = SyntheticDermoscopy(num_cases=args.train_cases, image_size=args.size).arrays
     train = data.subset(data.ids[: args.train_cases])
     batches_per_epoch = -(-len(train) // args.batch_size)
     steps = args.epochs * batches_per_epoch
@@ -269,10 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"(a) fp32, Adam, cudnn.benchmark off; (b) and (c) as a segbench run: precision {args.precision}, "
           f"channels_last {args.channels_last}, {'fused ' if fused else ''}Adam, compile {args.compile}"
           + (", cudnn.benchmark on" if device.type == "cuda" else ""))
-    with tempfile.TemporaryDirectory() as tmp:
-        loops = {"a": reference_loop(train, args, device), "b": trainer_loop(train, args, device, Path(tmp)),
-                 "c": ceiling_loop(train, args, device, batches_per_epoch)}
-        times = _interleaved(loops, args)
+    loops = {"a": reference_loop(train, args, device), "b": trainer_loop(train, args, device),
+             "c": ceiling_loop(train, args, device, batches_per_epoch)}
+    times = _interleaved(loops, args)
     # (c) runs full batches only; count the images it processed
     images = {"a": args.epochs * len(train), "b": args.epochs * len(train), "c": steps * args.batch_size}
     rates = {k: np.array([images[k] / t for t in v]) for k, v in times.items()}

@@ -1,7 +1,7 @@
 """``python -m segbench.check_data dataset=ph2 [overrides]``: report every problem of a dataset, without training.
 
-Takes the same overrides as ``python -m segbench`` (``dataset.root=...``) and
-writes no run directory. Exits 0 when the dataset is usable, 1 otherwise.
+Takes the same overrides as ``python -m segbench`` (``dataset.root=...``, ``split.sizes=...``)
+and writes no run directory. Exits 0 when the dataset is usable, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 
 from hydra.errors import HydraException
 
+from .build import build
 from .config import compose_config
 from .errors import SegbenchError
-from .train import build
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,19 +22,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose_config(overrides)
         dataset = build(cfg.dataset, "dataset")
+        split = build(cfg.split, "split")
     except (HydraException, SegbenchError) as exc:
         print(f"segbench.check_data: error: {exc}", file=sys.stderr)
         return 2
-    target = cfg.dataset._target_.rsplit(".", 1)[-1]
-    where = cfg.dataset.get("root", f"generated, {cfg.dataset.get('num_cases')} cases")
-    print(f"checking {target} ({where}) ...")
-    problems = dataset.check()
+    print(f"checking {dataset.describe()} ...")
+    try:
+        problems, readable = dataset.check()
+    except SegbenchError as exc:
+        problems, readable = [str(exc)], 0
+    if readable and (problem := split.check(readable, "readable cases")):
+        problems.append(problem)
     if problems:
         print(f"{len(problems)} problem(s):")
         for p in problems:
             print(f"  - {p}")
         return 1
-    print(f"OK: no problems found; the split {list(dataset.split_sizes)} fits")
+    print(f"OK: no problems found; {readable} readable cases, and the {split.name} split fits")
     return 0
 
 

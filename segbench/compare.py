@@ -10,7 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .report import build_report, find_runs
+from .report import build_report
+from .rundir import find_runs
 
 
 def main(argv: list[str] | None = None) -> int:

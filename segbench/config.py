@@ -1,17 +1,107 @@
-"""Composing the project's config outside a Hydra app (summary, check_data)."""
+"""The config layer: where the config tree is, composing it outside a Hydra app, checking run
+settings, and the one list of settings that do not define a configuration.
+
+The YAML tree is ``conf/`` at the top of the repository; the wheel ships it as the
+package ``segbench.conf``, so an installed ``segbench`` finds it wherever it runs.
+"""
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-# conf/ beside the package (an editable install), the same directory @hydra.main uses
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from .errors import UserError
+from .validation import InvalidValue, check_choice, check_int, check_number, check_switch, is_number
+
+CONF_PACKAGE = "segbench.conf"  # conf/ in the repository, mapped to this package (pyproject.toml)
+CONF_DIR = Path(str(resources.files(CONF_PACKAGE)))
+GROUPS = ("model", "loss", "optimizer", "scheduler", "dataset", "split")
+
+# Settings that say where and how a run executes, never what it computes. Two runs that differ only
+# in these are the same configuration: job directory names leave them out, resuming may change
+# them, and the comparison report does not tell runs apart by them. A key covers its sub-keys.
+RUN_SETTINGS = (
+    "output_dir",
+    "cache_dir",
+    "dataset.root",
+    "dataset.cache_dir",
+    "dataset.workers",
+    "trainer.device",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.resume",
+    "trainer.eval_batch_size",
+    "trainer.compile",
+    "trainer.channels_last",
+    "eval.num_predictions",
+)
 
 
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+def is_run_setting(key: str) -> bool:
+    """Whether ``key`` (``trainer.device``, ``+dataset.root``) is one of :data:`RUN_SETTINGS` or below one."""
+    key = key.lstrip("+~")
+    return any(key == s or key.startswith(s + ".") for s in RUN_SETTINGS)
+
+
+def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
     """conf/config.yaml composed with ``overrides`` as the CLI would, without creating a run dir."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir or CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+def choices(cfg: DictConfig) -> dict[str, str]:
+    """Option names the user picked (``model=unet``); falls back to class names outside Hydra."""
+    if HydraConfig.initialized():
+        picked = HydraConfig.get().runtime.choices
+        return {g: str(picked.get(g)) for g in GROUPS}
+    return {g: str((cfg.get(g) or {}).get("_target_", "")).rsplit(".", 1)[-1] for g in GROUPS}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check run settings before any work; each error names the key, the value and what is allowed.
+
+    Component arguments (model, loss, dataset, split, scheduler) are checked by the components
+    themselves when :mod:`segbench.build` creates them, which also happens before training.
+    """
+    t = cfg.trainer
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        check_int(f"trainer.{key}", t[key], low=1)
+    for key in ("compile", "channels_last"):
+        check_switch(f"trainer.{key}", t[key])
+    if t.get("resume") not in (None, "auto"):
+        raise InvalidValue("trainer.resume", t.resume, "null or 'auto'")
+    threshold = cfg.eval.threshold
+    if threshold != "auto" and (not is_number(threshold) or not 0 < threshold < 1):
+        raise InvalidValue("eval.threshold", threshold, "a number > 0 and < 1, or 'auto'")
+    check_choice("eval.resolution", cfg.eval.resolution, ("input", "original"))
+    check_int("eval.num_predictions", cfg.eval.num_predictions, low=1)
+    check_int("seed", cfg.seed)
+    if cfg.optimizer.get("lr") is not None:
+        check_number("optimizer.lr", cfg.optimizer.lr, low=0, low_open=True)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """``key: old -> new`` for every setting that defines a configuration and differs (resolved configs)."""
+    a, b = _flat(saved), _flat(current)
+    keys = [k for k in sorted(set(a) | set(b)) if not is_run_setting(k)]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def check_resumable(saved: dict, current: dict, path: Path) -> None:
+    """Raise a UserError naming every defining setting that differs between the checkpoint's run and this one."""
+    diff = differences(saved, current)
+    if diff:
+        raise UserError(
+            f"cannot resume from '{path}': its run had other settings ({'; '.join(diff)}); "
+            "use the original settings, or a new run dir"
+        )

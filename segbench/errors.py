@@ -15,3 +15,7 @@ class UserError(SegbenchError, ValueError):
 
 class TrainingError(SegbenchError, RuntimeError):
     """Training cannot go on (loss became NaN, out of memory); the message names where and why."""
+
+
+class DataError(UserError):
+    """A dataset file or folder is missing or malformed; the message names it."""

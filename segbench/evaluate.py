@@ -1,22 +1,24 @@
-"""Test-time evaluation: per-image metrics, reductions, threshold choice, breakdown by diagnosis.
+"""Test-time evaluation: per-image metrics, reductions, threshold choice, breakdown by group,
+and the test step of a run (:func:`score_test`).
 
 Works on logits already computed (the trainer's ``predict``), on the CPU.
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import SegArrays
-from .io import write_csv
-from .metrics import all_metrics, binarize, confusion, hausdorff, iou, micro
+from .data import SegArrays, SegDataset
+from .metrics import DEFINITIONS, all_metrics, binarize, confusion, hausdorff, iou, micro
 
-PH2_DIAGNOSIS = {0: "common_nevus", 1: "atypical_nevus", 2: "melanoma"}
+if TYPE_CHECKING:
+    from .engine import Trainer
+
 THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]
 
 
@@ -66,22 +68,58 @@ def summarize(rows: dict[str, list[float]], prefix: str = "test/") -> dict[str, 
     return out
 
 
-def by_group(rows: dict[str, list[float]], labels: Sequence[int], names: dict[int, str]) -> dict[str, dict]:
-    """Per-image means within each label (e.g. PH2 diagnosis)."""
+def by_group(rows: dict[str, list[float]], groups: Sequence[str], order: Sequence[str] = ()) -> dict[str, dict]:
+    """Per-image means within each group (e.g. PH2 diagnosis), groups in ``order`` then sorted."""
     out = {}
-    for label in sorted(set(labels)):
-        index = [i for i, lab in enumerate(labels) if lab == label]
+    for name in [g for g in order if g in groups] + sorted(set(groups) - set(order)):
+        index = [i for i, g in enumerate(groups) if g == name]
         group = {k: [v[i] for i in index] for k, v in rows.items()}
-        summary = summarize(group, prefix="")
-        out[names.get(label, str(label))] = {"n": len(index), **summary}
+        out[name] = {"n": len(index), **summarize(group, prefix="")}
     return out
 
 
-def write_per_image_csv(path: Path, part: SegArrays, rows: dict[str, list[float]]) -> None:
-    """test_per_image.csv: case id, diagnosis (when known), every metric."""
-    columns = ["case", "diagnosis", *[k for k in rows if k not in ("tp", "fp", "fn", "tn")], "tp", "fp", "fn", "tn"]
-    table = []
-    for i, case in enumerate(part.ids):
-        label = None if part.diagnosis is None else PH2_DIAGNOSIS.get(part.diagnosis[i], part.diagnosis[i])
-        table.append({"case": case, "diagnosis": "" if label is None else label, **{k: rows[k][i] for k in rows}})
-    write_csv(path, table, columns)
+@dataclass
+class TestResult:
+    """What the test step produced: the threshold used, the test logits (N, C, H, W) at the input size,
+    per-image metric rows, and the summary (``test/<metric>``) with its definitions."""
+
+    threshold: float
+    logits: torch.Tensor
+    rows: dict[str, list[float]]
+    metrics: dict[str, Any]
+    definitions: dict[str, Any]
+
+
+def score_test(
+    trainer: "Trainer",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    dataset: SegDataset,
+    val: SegArrays,
+    test_part: SegArrays,
+    threshold: float | str,
+    resolution: str,
+) -> TestResult:
+    """Score the trainer's current model on ``test_part``.
+
+    ``threshold='auto'`` picks the one of :data:`THRESHOLD_GRID` with the best mean val IoU;
+    ``resolution='original'`` scores each prediction resized to its case's original mask.
+    """
+    auto = threshold == "auto"
+    chosen = choose_threshold(trainer.predict(val), val.masks) if auto else float(threshold)
+    logits = trainer.predict(test_part)  # (N, C, H, W) on the CPU; every test number comes from these
+    with torch.no_grad():
+        test_loss = float(loss_fn(logits, test_part.masks.float()))
+    original = resolution == "original"
+    masks = dataset.original_masks(test_part.ids) if original else test_part.masks
+    rows = per_image(logits, masks, chosen)
+    definitions = {
+        **DEFINITIONS,
+        "threshold": chosen,
+        "threshold_mode": "auto: maximises mean val IoU over 0.05..0.95" if auto else "fixed",
+        "resolution": "original image size (predictions resized bilinearly)" if original
+        else f"{dataset.image_size}x{dataset.image_size} (network input)",
+    }
+    metrics = {"test/loss": test_loss, **summarize(rows)}
+    if test_part.groups is not None:
+        metrics[f"by_{dataset.group_key or 'group'}"] = by_group(rows, test_part.groups, dataset.group_order)
+    return TestResult(chosen, logits, rows, metrics, definitions)

@@ -1,4 +1,5 @@
-"""Run-directory files, written atomically (temp file + rename) so a kill leaves the previous version."""
+"""Atomic file writers (temp file + rename, so a kill leaves the previous version) and the background
+checkpoint writer. Which files a run has, and their formats, is :mod:`segbench.rundir`'s."""
 from __future__ import annotations
 
 import csv
@@ -62,11 +63,6 @@ def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     _atomic(path, lambda f: f.write(buf.getvalue()), "w")
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

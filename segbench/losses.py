@@ -7,20 +7,13 @@ channels are multi-class with a softmax (region losses then average per class).
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _check(name: str, value: float, low: float = 0.0, inclusive: bool = True, high: float | None = None) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= low if inclusive else value > low) and (high is None or value <= high)
-    if not ok:
-        bound = f"{'>=' if inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+from .validation import check_choice, check_number
 
 
 def _target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -62,7 +55,7 @@ class BCELoss(nn.Module):
     def __init__(self, pos_weight: float | None = None) -> None:
         super().__init__()
         if pos_weight is not None:
-            _check("pos_weight", pos_weight, inclusive=False)
+            check_number("pos_weight", pos_weight, 0, low_open=True)
         self.pos_weight = pos_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -81,7 +74,7 @@ class DiceLoss(nn.Module):
 
     def __init__(self, smooth: float = 1.0) -> None:
         super().__init__()
-        _check("smooth", smooth)
+        check_number("smooth", smooth, 0)
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -99,9 +92,9 @@ class TverskyLoss(nn.Module):
 
     def __init__(self, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0) -> None:
         super().__init__()
-        _check("alpha", alpha)
-        _check("beta", beta)
-        _check("smooth", smooth)
+        check_number("alpha", alpha, 0)
+        check_number("beta", beta, 0)
+        check_number("smooth", smooth, 0)
         if alpha + beta == 0:
             raise ValueError("alpha + beta must be > 0, got alpha=0 and beta=0")
         self.alpha, self.beta, self.smooth = alpha, beta, smooth
@@ -125,11 +118,10 @@ class FocalLoss(nn.Module):
 
     def __init__(self, gamma: float = 2.0, alpha: float | None = None, modulate: str = "both") -> None:
         super().__init__()
-        _check("gamma", gamma)
+        check_number("gamma", gamma, 0)
         if alpha is not None:
-            _check("alpha", alpha, high=1.0)
-        if modulate not in ("both", "positive"):
-            raise ValueError(f"modulate={modulate!r} is not supported; expected 'both' or 'positive'")
+            check_number("alpha", alpha, 0, 1)
+        check_choice("modulate", modulate, ("both", "positive"))
         self.gamma, self.alpha, self.modulate = gamma, alpha, modulate
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -161,8 +153,8 @@ class BCEHybridLoss(nn.Module):
 
     def __init__(self, lambda_: float = 2.0, gamma: float = 1.0) -> None:
         super().__init__()
-        _check("lambda_", lambda_)
-        _check("gamma", gamma)
+        check_number("lambda_", lambda_, 0)
+        check_number("gamma", gamma, 0)
         self.lambda_, self.gamma = lambda_, gamma
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -229,7 +221,7 @@ class ComboLoss(nn.Module):
         for name, loss in losses.items():
             if not callable(loss):
                 raise TypeError(f"ComboLoss loss '{name}' is {type(loss).__name__}, not a loss module")
-            _check(f"weights.{name}", weights[name])
+            check_number(f"weights.{name}", weights[name], 0)
         self.losses = nn.ModuleDict(dict(losses))
         self.weights = {k: float(v) for k, v in weights.items()}
 

@@ -1,4 +1,4 @@
-"""Plots read from the run directory (or given arrays); never called inside the training loop."""
+"""Plots of one run, read from its run directory (or given arrays); never called inside the training loop."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,14 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .io import read_csv  # noqa: E402
+from .data import SegArrays  # noqa: E402
+from .metrics import image_metrics  # noqa: E402
+from .rundir import RunDir  # noqa: E402
 
 
-def plot_curves(history_csv: Path, out_png: Path, title: str = "") -> None:
-    """Loss and IoU per epoch, train vs val, from ``history.csv``."""
-    rows = read_csv(history_csv)
-    epoch = [int(r["epoch"]) for r in rows]
-    col = lambda k: [float(r[k]) for r in rows]  # noqa: E731
+def plot_curves(run_dir: RunDir, title: str = "") -> Path:
+    """Loss and IoU per epoch, train vs val, from ``history.csv``; writes ``curves.png``."""
+    rows = run_dir.read_history()
+    epoch = [r["epoch"] for r in rows]
+    col = lambda k: [r[k] for r in rows]  # noqa: E731
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epoch, col("train/loss"), "o-", label="train")
     ax_loss.plot(epoch, col("val/loss"), "s-", label="val")
@@ -32,11 +34,23 @@ def plot_curves(history_csv: Path, out_png: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    fig.savefig(run_dir.curves_png, dpi=100)
     plt.close(fig)
+    return run_dir.curves_png
 
 
-def plot_predictions(
+def plot_predictions(run_dir: RunDir, part: SegArrays, logits: torch.Tensor, threshold: float, count: int) -> Path:
+    """image / mask / probability / prediction of the first ``count`` cases of ``part`` (logits (N, C, H, W)
+    in the order of ``part``), one row each, with the case's IoU; writes ``predictions.png``."""
+    shown = part.subset(part.ids[:count])
+    logits = logits[: len(shown)]
+    scores = image_metrics(logits, shown.masks, threshold)["iou"].tolist()
+    probs = torch.sigmoid(logits) if logits.shape[1] == 1 else 1 - torch.softmax(logits, 1)[:, :1]
+    _prediction_grid(shown.images, shown.masks, probs, shown.ids, scores, run_dir.predictions_png, threshold)
+    return run_dir.predictions_png
+
+
+def _prediction_grid(
     images: torch.Tensor,
     masks: torch.Tensor,
     probs: torch.Tensor,
@@ -45,10 +59,7 @@ def plot_predictions(
     out_png: Path,
     threshold: float = 0.5,
 ) -> None:
-    """Grid of image / mask / probability / prediction, one row per case.
-
-    images (N, 3, H, W) uint8; masks (N, 1, H, W) {0, 1}; probs (N, 1, H, W) in [0, 1].
-    """
+    """images (N, 3, H, W) uint8; masks (N, 1, H, W) {0, 1}; probs (N, 1, H, W) foreground probability."""
     n = len(ids)
     fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
     for i in range(n):

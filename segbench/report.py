@@ -1,68 +1,48 @@
 """Comparison report over run directories: summary tables and plots a person would rather look at.
 
-Reads only what runs wrote (``.hydra/``, ``metrics.json``, ``history.csv``,
-``split.json``); used by the multirun callback and by ``python -m segbench.compare``.
+Reads only what runs wrote, through :class:`segbench.rundir.RunDir`; used by the
+multirun callback and by ``python -m segbench.compare``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
-from .io import read_csv, write_csv  # noqa: E402
+from .config import is_run_setting  # noqa: E402
+from .io import write_csv  # noqa: E402
+from .rundir import RunDir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 SCORES = ["test/iou", "test/dice", "test/iou_score"]
 NUMBERS = [*SCORES, "best_epoch", "params", "train_time_s", "images_per_s"]
-IGNORED_OVERRIDES = ("model", "loss", "seed", "trainer.resume", "trainer.device", "trainer.progress")
+COLUMN_KEYS = ("model", "loss", "seed")  # overrides shown in their own columns (seeds are aggregated)
 
 
-def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run directories (those holding ``.hydra/config.yaml``) at or below each path, sorted."""
-    runs: set[Path] = set()
-    for path in paths:
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"'{path}' is not a directory; expected a run or sweep directory")
-        runs.update(p.parent.parent for p in path.rglob(".hydra/config.yaml"))
-    return sorted(runs)
-
-
-def _load_yaml(path: Path):
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
-
-
-def load_run(run_dir: Path) -> dict:
-    """One run as a flat row: names, overrides, status, metrics, history."""
-    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
-    hydra_cfg = (_load_yaml(run_dir / ".hydra" / "hydra.yaml") or {}).get("hydra", {})
-    choices = hydra_cfg.get("runtime", {}).get("choices", {})
-    config = _load_yaml(run_dir / ".hydra" / "config.yaml") or {}
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-    history = read_csv(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else []
-    split = json.loads((run_dir / "split.json").read_text()) if (run_dir / "split.json").is_file() else {}
-    status = metrics.get("status") or ("incomplete" if history else "not started")
-    other = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in IGNORED_OVERRIDES)
+def load_run(run_dir: RunDir) -> dict:
+    """One run as a flat row: names, the overrides that define its configuration, status, metrics, history."""
+    choices = run_dir.read_choices()
+    metrics = run_dir.read_metrics()
+    other = sorted(o for o in run_dir.read_overrides()
+                   if not is_run_setting(o.split("=", 1)[0]) and o.split("=", 1)[0].lstrip("+~") not in COLUMN_KEYS)
     row = {
         "other": other,
-        "run": run_dir,
+        "run": run_dir.path,
         "model": metrics.get("model") or choices.get("model", "?"),
         "loss": metrics.get("loss") or choices.get("loss", "?"),
-        "seed": config.get("seed"),
-        "status": status,
+        "seed": run_dir.read_config().get("seed"),
+        "status": run_dir.status(),
         "error": metrics.get("error", ""),
-        "split": metrics.get("split_digest") or split.get("digest", ""),
-        "history": history,
+        "split": metrics.get("split_digest") or run_dir.read_split().get("digest", ""),
+        "history": run_dir.read_history(),
     }
     row.update({k: metrics.get(k, math.nan) for k in NUMBERS})
     return row
@@ -168,8 +148,8 @@ def _curves(rows: Sequence[dict], key: str, ylabel: str, out: Path) -> None:
             color, j = palette[i % len(palette)], i // len(palette)
         else:
             color, j = palette[models.index(r["model"]) % len(palette)], losses.index(r["loss"])
-        epochs = [int(h["epoch"]) for h in r["history"]]
-        values = [float(h[key]) for h in r["history"]]
+        epochs = [h["epoch"] for h in r["history"]]
+        values = [h[key] for h in r["history"]]
         ax.plot(epochs, values, styles[j % 4], marker=markers[(j // 4) % len(markers)], markersize=4,
                 color=color, lw=1.8, label=_label(r, with_seed))
     ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} of {len(runs)} runs"
@@ -228,7 +208,7 @@ def _heatmap(table: Sequence[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def build_report(run_dirs: Sequence[Path], out_dir: Path) -> dict:
+def build_report(run_dirs: Sequence[RunDir], out_dir: Path) -> dict:
     """Write summary.csv, runs.csv, summary.md and the plots into ``out_dir``; returns counts."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,9 @@ import argparse
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
+from .build import build
 from .config import CONF_DIR, compose_config
 
 
@@ -22,7 +22,7 @@ def summarize(name: str, size: int, base_width: int | None, in_channels: int = 3
     """Params, forward GFLOPs for one (1, in_channels, size, size) image, and output shape."""
     overrides = [f"model={name}"] + ([f"model.base_width={base_width}"] if base_width else [])
     cfg = compose_config(overrides)
-    model = instantiate(cfg.model).eval()
+    model = build(cfg.model, "model").eval()
     x = torch.zeros(1, in_channels, size, size)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:

@@ -14,8 +14,7 @@ CONF = CONF_DIR
 # A tiny synthetic run: seconds on a CPU.
 TINY = [
     "dataset=synthetic",
-    "dataset.num_cases=12",
-    "dataset.split_sizes=[6,3,3]",
+    "dataset.num_cases=12",          # split 6/3/3 (holdout: half, a quarter, a quarter)
     "dataset.image_size=32",
     "model.base_width=4",
     "trainer.epochs=2",

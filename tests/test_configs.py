@@ -7,9 +7,11 @@ from hydra.utils import instantiate
 
 import yaml
 
+from segbench.build import build_schedule
+from segbench.splits import Split
 from tests.conftest import CONF, compose_cfg, run_cli
 
-COMPONENT_GROUPS = ("model", "loss", "optimizer", "scheduler", "dataset")
+COMPONENT_GROUPS = ("model", "loss", "optimizer", "scheduler", "dataset", "split")
 GROUP_FILES = sorted((g, p.stem) for g in COMPONENT_GROUPS for p in (CONF / g).glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -18,14 +20,23 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 def test_config_file_instantiates(group, name, tmp_path):
     cfg = compose_cfg([f"{group}={name}", "model.base_width=4", f"cache_dir={tmp_path}"])
     model = instantiate(cfg.model)
+    if group == "scheduler":  # scheduler=none builds nothing
+        optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+        schedule = build_schedule(cfg.scheduler, optimizer, epochs=3, batches_per_epoch=2)
+        assert (schedule is None) == (name == "none")
+        if schedule is not None:
+            for _ in range(2):
+                optimizer.step()
+                schedule.batch_end()
+            schedule.epoch_end({"val/iou": 0.5})
+            assert optimizer.param_groups[0]["lr"] >= 0
+        return
     obj = instantiate(cfg[group])
     if group == "optimizer":
         obj = obj(params=model.parameters())
         assert isinstance(obj, torch.optim.Optimizer)
-    elif group == "scheduler":
-        optimizer = instantiate(cfg.optimizer)(params=model.parameters())
-        obj = obj(optimizer=optimizer)
-        assert hasattr(obj, "step")
+    elif group == "split":
+        assert isinstance(obj, Split)
     elif group == "loss":
         value = obj(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8))
         assert value.ndim == 0 and torch.isfinite(value)
@@ -39,7 +50,7 @@ def test_defaults_follow_seed_study():
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4
     assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
     assert cfg.trainer.batch_size == 25 and cfg.dataset.image_size == 256
-    assert list(cfg.dataset.split_sizes) == [100, 50, 50]
+    assert cfg.split._target_ == "segbench.splits.Holdout" and cfg.split.sizes is None  # PH2: 100/50/50
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

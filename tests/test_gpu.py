@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from segbench.losses import BCELoss
-from segbench.train import resolve_precision, run
+from segbench.engine import resolve_precision
+from segbench.train import run
 from tests.conftest import TINY, compose_cfg
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -33,9 +34,9 @@ def test_gpu_loss_matches_the_cpu_loss(tmp_path):
     """The same fp32 forward on GPU (TF32 convolutions allowed) and CPU: the same loss to TF32 precision."""
     from segbench.data import SyntheticDermoscopy
     from segbench.models import UNet
-    from segbench.trainer import Normalizer
+    from segbench.engine import Normalizer
 
-    data = SyntheticDermoscopy(num_cases=8, image_size=32, split_sizes=[6, 1, 1]).arrays
+    data = SyntheticDermoscopy(num_cases=8, image_size=32).arrays
     torch.manual_seed(0)
     model = UNet(base_width=4)
     x = Normalizer.fit(data.images)(data.images)
@@ -48,18 +49,20 @@ def test_gpu_loss_matches_the_cpu_loss(tmp_path):
 def test_a_gpu_trainer_resumes_from_its_checkpoint(tmp_path):
     """RNG states in a checkpoint are CPU tensors; resuming on the GPU must keep them there."""
     from segbench.data import SyntheticDermoscopy
-    from segbench.io import load_checkpoint
+    from segbench.engine import BestTracker, Checkpointer, FitSettings, Trainer
     from segbench.models import UNet
-    from segbench.trainer import Trainer
+    from segbench.rundir import RunDir
 
-    data = SyntheticDermoscopy(num_cases=12, image_size=32, split_sizes=[6, 3, 3]).arrays
+    data = SyntheticDermoscopy(num_cases=12, image_size=32).arrays
     train, val = data.subset(data.ids[:6]), data.subset(data.ids[6:9])
 
     def trainer(out):
         torch.manual_seed(0)
         model = UNet(base_width=4)
-        return Trainer(model, BCELoss(), torch.optim.Adam(model.parameters()), None, torch.device("cuda"), out,
-                       epochs=1, batch_size=3, eval_batch_size=3, progress=False)
+        best = BestTracker()
+        return Trainer(model, BCELoss(), torch.optim.Adam(model.parameters()),
+                       FitSettings(epochs=1, batch_size=3, eval_batch_size=3), torch.device("cuda"),
+                       callbacks=[best, Checkpointer(RunDir(out), best)])
 
     trainer(tmp_path).fit(train, val)
-    assert trainer(tmp_path / "resumed").resume(load_checkpoint(tmp_path / "checkpoints" / "last.pt")) == 2
+    assert trainer(tmp_path / "resumed").load_state(RunDir(tmp_path).load_checkpoint("last")) == 2

@@ -125,5 +125,7 @@ def test_per_image_at_original_resolution():
     summary = summarize(rows)
     assert summary["test/iou"] == pytest.approx(0.75)
     assert summary["test/iou_micro"] == pytest.approx(12 / 16)
-    groups = by_group(rows, [0, 2], {0: "common_nevus", 2: "melanoma"})
+    groups = by_group(rows, ["common_nevus", "melanoma"], order=("common_nevus", "atypical_nevus", "melanoma"))
+    assert list(groups) == ["common_nevus", "melanoma"]  # in the dataset's order, only groups present
     assert groups["melanoma"]["n"] == 1 and groups["melanoma"]["iou"] == pytest.approx(0.5)
+    assert list(by_group(rows, ["b", "a"])) == ["a", "b"]  # no order given: sorted

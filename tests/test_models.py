@@ -1,14 +1,12 @@
-from pathlib import Path
-
 import pytest
 import torch
 from hydra.utils import instantiate
 
 from segbench import summary
-from segbench.models import BasicUNet, EncoderDecoder, UNet, UNetClassic
-from tests.conftest import compose_cfg
+from segbench.models import BasicUNet, EncoderDecoder, SegNet, UNet, UNetClassic
+from tests.conftest import CONF, compose_cfg
 
-MODEL_CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
+MODEL_CONFIGS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
 def build(name, *overrides):
@@ -79,6 +77,14 @@ def test_basic_unet_parameter_count():
     assert sum(p.numel() for p in BasicUNet(1, 1, 32).parameters()) == 309_057
 
 
+@pytest.mark.parametrize("cls", [UNet, SegNet, UNetClassic])
+def test_named_models_are_classes(cls):
+    """UNet, SegNet and UNetClassic are classes (isinstance works), assembled from the shared encoder-decoder."""
+    model = cls(base_width=2)
+    assert isinstance(model, cls) and isinstance(model, EncoderDecoder)
+    assert isinstance(build({"unet": "unet", "segnet": "segnet", "unetclassic": "unet_classic"}[cls.__name__.lower()]), cls)
+
+
 def test_variants_differ_where_they_should():
     unpool = build("segnet_unpool")
     strided = build("unet_strided")
@@ -90,14 +96,16 @@ def test_variants_differ_where_they_should():
 @pytest.mark.parametrize(
     "factory, kwargs, message",
     [
-        (UNet, {"base_width": 0}, "base_width must be a positive integer"),
-        (UNet, {"up": "pixelshuffle"}, "up='pixelshuffle' is not supported"),
-        (UNet, {"skip": "sum"}, "skip='sum' is not supported"),
+        (UNet, {"base_width": 0}, "base_width=0 is invalid; expected an integer >= 1"),
+        (UNet, {"base_width": True}, "base_width=True is invalid; expected an integer >= 1"),
+        (UNet, {"up": "pixelshuffle"}, "up='pixelshuffle' is invalid; expected one of"),
+        (UNet, {"skip": "sum"}, "skip='sum' is invalid; expected one of"),
+        (UNet, {"skip": "concta"}, "did you mean 'concat'"),
         (EncoderDecoder, {"down": "strided", "up": "unpool"}, "needs the max-pool indices"),
         (EncoderDecoder, {"up": "unpool", "padding": "valid"}, "needs padding='same'"),
-        (UNetClassic, {"padding": "full"}, "padding='full' is not supported"),
-        (UNetClassic, {"up_mode": "unpool"}, "up_mode='unpool' is not supported"),
-        (BasicUNet, {"num_classes": 0}, "num_classes must be a positive integer"),
+        (UNetClassic, {"padding": "full"}, "padding='full' is invalid"),
+        (UNetClassic, {"up_mode": "unpool"}, "up_mode='unpool' is invalid"),
+        (BasicUNet, {"num_classes": 0}, "num_classes=0 is invalid; expected an integer >= 1"),
     ],
 )
 def test_model_bad_arguments(factory, kwargs, message):

@@ -13,7 +13,7 @@ from skimage import io as skio
 
 from segbench import check_data
 from segbench.errors import TrainingError, UserError
-from segbench.trainer import Trainer
+from segbench.engine import Trainer
 from segbench.train import run
 from tests.conftest import ROOT, TINY, compose_cfg, run_cli, write_case
 
@@ -23,15 +23,15 @@ TEST_KEYS = ["test/iou", "test/dice", "test/iou_score", "test/loss", "test/hd95"
 
 def interrupt_in_epoch(monkeypatch, stop_epoch):
     """Make training raise KeyboardInterrupt (as Ctrl-C does) when ``stop_epoch`` starts; returns the undo."""
-    train_epoch = Trainer._train_epoch
+    train_epoch = Trainer.train_epoch
 
     def interrupted(self, images, masks, epoch):
         if epoch == stop_epoch:
             raise KeyboardInterrupt
         return train_epoch(self, images, masks, epoch)
 
-    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
-    return lambda: monkeypatch.setattr(Trainer, "_train_epoch", train_epoch)
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    return lambda: monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
 
 
 def history_without_time(path):
@@ -61,8 +61,8 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch)
 
 def test_killed_process_resumes_to_the_same_metrics(tmp_path):
     """SIGKILL the CLI after epoch 2 of 4 (as a cluster would), resume it in place, compare."""
-    args = [o for o in FOUR if not o.startswith(("dataset.num_cases", "dataset.split_sizes"))]
-    args += ["dataset.num_cases=60", "dataset.split_sizes=[40,10,10]", "dataset.image_size=48", "model.base_width=8"]
+    args = [o for o in FOUR if not o.startswith("dataset.num_cases")]
+    args += ["dataset.num_cases=60", "split.sizes=[40,10,10]", "dataset.image_size=48", "model.base_width=8"]
     reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr[-2000:]
 
@@ -202,23 +202,39 @@ def test_a_failed_checkpoint_write_names_the_file(tmp_path):
     "override, message",
     [
         ("trainer.epochs=0", "trainer.epochs=0 is invalid; expected an integer >= 1"),
-        ("trainer.epochs=2.5", "trainer.epochs=2.5 is invalid"),
-        ("trainer.batch_size=0", "trainer.batch_size=0 is invalid"),
+        ("trainer.epochs=2.5", "trainer.epochs=2.5 is invalid; expected an integer >= 1"),
+        ("trainer.epochs=true", "trainer.epochs=True is invalid; expected an integer >= 1"),
+        ("trainer.batch_size=-2", "trainer.batch_size=-2 is invalid"),
         ("trainer.eval_batch_size=-1", "trainer.eval_batch_size=-1 is invalid"),
         ("trainer.resume=yes", "trainer.resume='yes' is invalid; expected null or 'auto'"),
         ("trainer.device=gpu7", "trainer.device='gpu7'"),
+        ("trainer.device=tpu", "trainer.device='tpu'"),
+        ("trainer.precision=half", r"trainer.precision='half' is invalid; expected one of \['auto', 'bf16', 'fp16', 'fp32'\]"),
+        ("trainer.precision=bf61", "did you mean 'bf16'"),
+        ("trainer.compile=maybe", "trainer.compile='maybe' is invalid; expected true, false or auto"),
         ("optimizer.lr=0", "optimizer.lr=0 is invalid; expected a number > 0"),
         ("optimizer.lr=-1e-3", "optimizer.lr=-0.001 is invalid"),
-        ("dataset.image_size=0", "dataset.image_size=0 is invalid; expected an integer >= 16"),
-        ("dataset.split_sizes=[6,0,3]", r"dataset.split_sizes=\[6, 0, 3\] is invalid"),
-        ("dataset.split_sizes=[10,3,3]", "exceed the 12 cases"),
-        ("seed=abc", "seed='abc' is invalid; expected an integer"),
+        ("eval.threshold=1.5", "eval.threshold=1.5 is invalid; expected a number > 0 and < 1, or 'auto'"),
+        ("eval.threshold=best", "eval.threshold='best' is invalid"),
+        ("eval.resolution=orignal", "eval.resolution='orignal' is invalid; expected one of .*; did you mean 'original'"),
         ("eval.num_predictions=0", "eval.num_predictions=0 is invalid"),
+        ("seed=abc", "seed='abc' is invalid; expected an integer"),
+        ("loss=focal loss.gamma=-1", "loss.gamma=-1 is invalid; expected a number >= 0"),
+        ("model.base_width=0", "model.base_width=0 is invalid; expected an integer >= 1"),
+        ("+model.up=pixelshuffle", "model.up='pixelshuffle' is invalid; expected one of"),
+        ("dataset.image_size=0", "dataset.image_size=0 is invalid; expected an integer >= 16"),
+        ("dataset.num_cases=2", "dataset.num_cases=2 is invalid; expected an integer >= 3"),
+        ("split.sizes=[6,0,3]", r"split.sizes=\[6, 0, 3\] is invalid; expected three integers >= 1"),
+        ("split.sizes=[10,3,3]", r"train=10 \+ val=3 \+ test=3 = 16 exceed the 12 cases"),
+        ("split.seed=1.5", "split.seed=1.5 is invalid; expected an integer"),
+        ("scheduler.interval=batch", "scheduler.interval='batch' is invalid; expected one of \\['epoch', 'step'\\]"),
+        ("scheduler=plateau scheduler.monitor=val/iuo", "scheduler.monitor='val/iuo' is invalid; .*did you mean 'val/iou'"),
+        ("scheduler=cosine scheduler.warmup=-1", "scheduler.warmup=-1 is invalid; expected an integer >= 0"),
     ],
 )
 def test_invalid_config_values_are_named(tmp_path, override, message):
     with pytest.raises(UserError, match=message):
-        run(compose_cfg([*TINY, override, f"output_dir={tmp_path}"]))
+        run(compose_cfg([*TINY, *override.split(), f"output_dir={tmp_path}"]))
     assert not (tmp_path / "checkpoints").exists()  # no work was done
 
 
@@ -262,7 +278,7 @@ def test_damaged_dataset_errors_name_the_file(fake_ph2, kind):
 
     path = damage(fake_ph2, kind)
     with pytest.raises(DataError, match=DAMAGE[kind]) as err:
-        PH2(fake_ph2, image_size=16, split_sizes=[1, 1, 1], cache_dir=None).arrays
+        PH2(fake_ph2, image_size=16, cache_dir=None).arrays
     assert str(path) in str(err.value)
 
 
@@ -271,16 +287,16 @@ def test_check_data_reports_every_problem_at_once(fake_ph2, capsys):
         damage(fake_ph2, kind)
     mask = fake_ph2 / "PH2 Dataset images" / "IMD005" / "IMD005_lesion" / "IMD005_lesion.png"
     skio.imsave(mask, np.zeros((20, 20), np.uint8), check_contrast=False)
-    code = check_data.main(["dataset=ph2", f"dataset.root={fake_ph2}", "dataset.split_sizes=[3,3,3]"])
+    code = check_data.main(["dataset=ph2", f"dataset.root={fake_ph2}", "split.sizes=[3,3,3]"])
     out = capsys.readouterr().out
     assert code == 1 and "5 problem(s)" in out
     for text in ("cannot read image file", "has no image", "duplicate case id", "IMD005_lesion.png",
-                 "need 9 cases; 7 are readable"):
+                 "= 9 exceed the 7 readable cases"):
         assert text in out, text
 
 
 def test_check_data_ok_and_bad_root(fake_ph2, tmp_path, capsys):
-    assert check_data.main(["dataset=ph2", f"dataset.root={fake_ph2}", "dataset.split_sizes=[3,3,3]"]) == 0
+    assert check_data.main(["dataset=ph2", f"dataset.root={fake_ph2}", "split.sizes=[3,3,3]"]) == 0
     assert "OK: no problems found" in capsys.readouterr().out
     assert check_data.main(["dataset=ph2", f"dataset.root={tmp_path / 'missing'}"]) == 1
     assert "does not exist" in capsys.readouterr().out

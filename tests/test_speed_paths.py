@@ -8,12 +8,12 @@ import torch
 
 from segbench import bench
 from segbench.data import SyntheticDermoscopy
+from segbench.engine import FitSettings, Normalizer, Trainer, resolve_device, resolve_precision
 from segbench.errors import UserError
 from segbench.io import load_checkpoint
 from segbench.losses import BCELoss
 from segbench.models import UNet
-from segbench.train import resolve_precision, run
-from segbench.trainer import Normalizer, Trainer
+from segbench.train import run
 from tests.conftest import TINY, compose_cfg
 
 
@@ -26,7 +26,7 @@ def test_precision_auto_is_fp32_on_cpu(tmp_path):
 def test_precision_choices_are_checked():
     with pytest.raises(UserError, match="trainer.precision=fp16 needs a CUDA device"):
         resolve_precision("fp16", torch.device("cpu"))
-    with pytest.raises(UserError, match=r"trainer.precision='half' is invalid; expected one of \['auto', 'fp32'"):
+    with pytest.raises(UserError, match=r"trainer.precision='half' is invalid; expected one of \['auto', 'bf16', 'fp16', 'fp32'\]"):
         resolve_precision("half", torch.device("cpu"))
 
 
@@ -60,9 +60,14 @@ def test_compile_backend_failing_at_first_batch_falls_back(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_compile_on_cpu_works_or_falls_back(tmp_path, caplog):
-    """The real torch.compile on this machine: either the run trains compiled, or it says why it did not."""
-    reference = run(compose_cfg([*TINY, f"output_dir={tmp_path / 'eager'}"]))
-    metrics = run(compose_cfg([*TINY, "trainer.compile=true", f"output_dir={tmp_path / 'compiled'}"]))
+    """The real torch.compile on this machine: either the run trains compiled, or it says why it did not.
+
+    Kept cheap: one epoch of one full batch, and evaluation batches of that same size, so that inductor
+    compiles one training graph and one evaluation graph (each new batch shape would be a recompile)."""
+    small = [*TINY, "split.sizes=[4,4,4]", "trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.epochs=1",
+             "dataset.image_size=16", "model.base_width=2"]
+    reference = run(compose_cfg([*small, f"output_dir={tmp_path / 'eager'}"]))
+    metrics = run(compose_cfg([*small, "trainer.compile=true", f"output_dir={tmp_path / 'compiled'}"]))
     assert metrics["status"] == "done"
     if "torch.compile is unavailable here" not in caplog.text:  # compiled: same maths within float tolerance
         assert metrics["test/loss"] == pytest.approx(reference["test/loss"], rel=1e-3, abs=1e-4)
@@ -72,7 +77,7 @@ def test_compile_on_cpu_works_or_falls_back(tmp_path, caplog):
 
 def test_fast_path_equals_the_reference_loop_on_one_batch(tmp_path):
     """segbench's step (uint8 on device, normalised there) vs the notebook step (numpy float arrays)."""
-    data = SyntheticDermoscopy(num_cases=8, image_size=32, split_sizes=[6, 1, 1]).arrays
+    data = SyntheticDermoscopy(num_cases=8, image_size=32).arrays
     torch.manual_seed(0)
     fast_model = UNet(base_width=4)
     ref_model = copy.deepcopy(fast_model)
@@ -89,10 +94,9 @@ def test_fast_path_equals_the_reference_loop_on_one_batch(tmp_path):
 
     # segbench: one epoch = one batch of all 8 images
     fast_opt = torch.optim.Adam(fast_model.parameters(), lr=1e-3)
-    trainer = Trainer(fast_model, BCELoss(), fast_opt, None, torch.device("cpu"), tmp_path, epochs=1,
-                      batch_size=8, eval_batch_size=8, progress=False)
+    trainer = Trainer(fast_model, BCELoss(), fast_opt, FitSettings(epochs=1, batch_size=8), torch.device("cpu"))
     trainer.normalizer = normalizer
-    stats = trainer._train_epoch(data.images, data.masks, epoch=1)
+    stats = trainer.train_epoch(data.images, data.masks, epoch=1)
     assert stats["loss"] == pytest.approx(ref_loss.item(), rel=1e-5)
     # the gradients the optimiser stepped with (compared before any Adam step: Adam divides near-zero
     # gradients by their own size, so float rounding there moves a weight by up to lr)
@@ -123,15 +127,21 @@ CPU = torch.device("cpu")
 
 
 def _tiny_data():
-    data = SyntheticDermoscopy(num_cases=12, image_size=32, split_sizes=[6, 3, 3]).arrays
+    data = SyntheticDermoscopy(num_cases=12, image_size=32).arrays
     return data.subset(data.ids[:6]), data.subset(data.ids[6:9])
 
 
 def _trainer(out, **kwargs):
+    """A trainer that keeps its checkpoints in ``out`` (as a run does)."""
+    from segbench.engine import BestTracker, Checkpointer
+    from segbench.rundir import RunDir
+
     torch.manual_seed(0)
     model = UNet(base_width=4)
-    options = {"epochs": 2, "batch_size": 3, "eval_batch_size": 3, "progress": False, **kwargs}
-    return Trainer(model, BCELoss(), torch.optim.Adam(model.parameters(), lr=1e-3), None, CPU, out, **options)
+    settings = FitSettings(**{"epochs": 2, "batch_size": 3, "eval_batch_size": 3, **kwargs})
+    best = BestTracker()
+    return Trainer(model, BCELoss(), torch.optim.Adam(model.parameters(), lr=1e-3), settings, CPU,
+                   callbacks=[best, Checkpointer(RunDir(out), best)])
 
 
 def test_channels_last_step_equals_the_contiguous_step(tmp_path):
@@ -140,7 +150,7 @@ def test_channels_last_step_equals_the_contiguous_step(tmp_path):
     for channels_last in (False, True):
         trainer = _trainer(tmp_path, batch_size=6, channels_last=channels_last)
         trainer.normalizer = Normalizer.fit(train.images)
-        stats = trainer._train_epoch(train.images, train.masks, epoch=1)
+        stats = trainer.train_epoch(train.images, train.masks, epoch=1)
         conv = next(p for p in trainer.module.parameters() if p.dim() == 4)
         assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
         results.append((stats["loss"], [p.grad.clone() for p in trainer.module.parameters()]))
@@ -161,7 +171,7 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(tmp_path):
     saved = torch.load(tmp_path / "fp16" / "checkpoints" / "last.pt", weights_only=False)["scaler"]
     assert saved == trainer.scaler.state_dict() and saved["scale"] > 0  # a disabled scaler saves {}
     resumed = _trainer(tmp_path / "other", precision="fp16")
-    assert resumed.resume(load_checkpoint(tmp_path / "fp16" / "checkpoints" / "last.pt")) == 3
+    assert resumed.load_state(load_checkpoint(tmp_path / "fp16" / "checkpoints" / "last.pt")) == 3
     assert resumed.scaler.state_dict() == saved
 
 
@@ -170,7 +180,7 @@ def test_fused_adam_is_chosen_on_cuda_only():
 
     from omegaconf import OmegaConf
 
-    from segbench.train import optimizer_options
+    from segbench.build import optimizer_options
 
     adam = OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
     assert optimizer_options(partial(torch.optim.Adam, lr=1e-3), adam, torch.device("cuda:1")) == {"fused": True}
@@ -182,8 +192,6 @@ def test_fused_adam_is_chosen_on_cuda_only():
 
 
 def test_auto_device_spreads_multirun_jobs_over_gpus(monkeypatch):
-    from segbench.train import resolve_device
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     assert [resolve_device("auto", job_num=j) for j in range(4)] == [torch.device(f"cuda:{i}") for i in (0, 1, 2, 0)]

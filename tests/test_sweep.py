@@ -69,7 +69,7 @@ def test_seeds_aggregate_to_mean_and_std(tmp_path):
 
 def test_compare_two_run_dirs_and_flag_split_mismatch(tmp_path, capsys):
     for name, split_seed in (("a", 0), ("b", 1)):
-        result = run_cli([*TINY, f"dataset.split_seed={split_seed}", f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path)
+        result = run_cli([*TINY, f"split.seed={split_seed}", f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "report"
     assert compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0

@@ -1,6 +1,7 @@
-"""Datasets: each loads the whole split into memory as uint8 tensors."""
-from .base import SegArrays, SegDataset, make_split, split_digest
-from .ph2 import PH2, DataError
+"""Datasets: each loads all its cases into memory as uint8 tensors (splits are in segbench.splits)."""
+from ..errors import DataError
+from .base import SegArrays, SegDataset
+from .ph2 import PH2
 from .synthetic import SyntheticDermoscopy
 
-__all__ = ["SegArrays", "SegDataset", "make_split", "split_digest", "PH2", "DataError", "SyntheticDermoscopy"]
+__all__ = ["SegArrays", "SegDataset", "PH2", "DataError", "SyntheticDermoscopy"]

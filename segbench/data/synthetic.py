@@ -5,13 +5,11 @@ the same whatever ``num_cases`` is, and two processes produce identical arrays.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 from skimage.draw import line_aa
 
-from ..errors import UserError
+from ..validation import check_int
 from .base import SegArrays, SegDataset
 
 
@@ -81,24 +79,16 @@ class SyntheticDermoscopy(SegDataset):
     Args:
         num_cases: number of cases generated (ids ``SYN000``...).
         image_size: side of the square images (pixels).
-        split_sizes: (train, val, test) case counts.
-        split_seed: fixes the split.
         seed: fixes the generated images.
     """
 
-    def __init__(
-        self,
-        num_cases: int = 120,
-        image_size: int = 64,
-        split_sizes: Sequence[int] = (60, 30, 30),
-        split_seed: int = 0,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(image_size, split_sizes, split_seed)
-        if isinstance(num_cases, bool) or not isinstance(num_cases, int) or num_cases < 3:
-            raise UserError(f"dataset.num_cases must be an integer >= 3, got {num_cases!r}")
-        self.num_cases = num_cases
-        self.seed = int(seed)
+    def __init__(self, num_cases: int = 120, image_size: int = 64, seed: int = 0) -> None:
+        super().__init__(image_size)
+        self.num_cases = check_int("dataset.num_cases", num_cases, low=3)
+        self.seed = check_int("dataset.seed", seed)
+
+    def describe(self) -> str:
+        return f"synthetic, {self.num_cases} generated cases"
 
     def load_arrays(self) -> SegArrays:
         cases = [make_case(self.seed, i, self.image_size) for i in range(self.num_cases)]

@@ -1,5 +1,8 @@
 """Segmentation networks. All map (B, C_in, H, W) images to (B, num_classes, H, W) logits."""
 from .basic_unet import BasicUNet
-from .encoder_decoder import EncoderDecoder, SegNet, UNet, UNetClassic
+from .classic import UNetClassic
+from .encoder_decoder import EncoderDecoder
+from .segnet import SegNet
+from .unet import UNet
 
 __all__ = ["BasicUNet", "EncoderDecoder", "SegNet", "UNet", "UNetClassic"]

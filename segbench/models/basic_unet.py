@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ConvBlock, Down, Up, center_crop, check_positive_int, pad_to_multiple
+from ..validation import check_int
+from .blocks import ConvBlock, Down, Up, center_crop, pad_to_multiple
 
 
 class BasicUNet(nn.Module):
@@ -18,7 +19,7 @@ class BasicUNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 1, base_width: int = 32) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("base_width", base_width)):
-            check_positive_int(name, value)
+            check_int(name, value, low=1)
         w1, w2 = base_width, 2 * base_width
         conv = dict(num_convs=1, kernel_size=5, batch_norm=False, activation="silu")
         self.down_convs = nn.ModuleList([ConvBlock(in_channels, w1, **conv), ConvBlock(w1, w2, **conv)])

@@ -5,20 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validation import check_choice
+
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
 DOWN_MODES = ("maxpool", "strided")
 UP_MODES = ("nearest", "bilinear", "transpose", "unpool")
 SKIP_MODES = ("concat", "add", "none")
-
-
-def check_choice(name: str, value: str, allowed: tuple[str, ...] | dict) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; expected one of {sorted(allowed)}")
-
-
-def check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class ConvBlock(nn.Sequential):

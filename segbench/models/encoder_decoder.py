@@ -1,13 +1,11 @@
-"""One configurable encoder-decoder; U-Net and SegNet variants are settings of it."""
+"""One configurable encoder-decoder; U-Net and SegNet variants (unet.py, segnet.py, classic.py) are settings of it."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .blocks import (
-    DOWN_MODES, SKIP_MODES, UP_MODES, ConvBlock, Down, Up, center_crop, check_choice,
-    check_positive_int, mirror_pad, pad_to_multiple,
-)
+from ..validation import check_choice, check_int
+from .blocks import DOWN_MODES, SKIP_MODES, UP_MODES, ConvBlock, Down, Up, center_crop, mirror_pad, pad_to_multiple
 
 
 class EncoderDecoder(nn.Module):
@@ -44,7 +42,7 @@ class EncoderDecoder(nn.Module):
     ) -> None:
         super().__init__()
         for name in ("in_channels", "num_classes", "base_width", "depth", "convs_per_block", "bottleneck_mult"):
-            check_positive_int(name, locals()[name])
+            check_int(name, locals()[name], low=1)
         check_choice("down", down, DOWN_MODES)
         check_choice("up", up, UP_MODES)
         check_choice("skip", skip, SKIP_MODES)
@@ -125,36 +123,3 @@ class EncoderDecoder(nn.Module):
                 x = x + center_crop(skip, x.shape[-2:])
             x = dec(x)
         return self.head(x)
-
-
-def UNet(in_channels: int = 3, num_classes: int = 1, base_width: int = 64, **kwargs) -> EncoderDecoder:
-    """The PH2 study's U-Net: 4 levels, BatchNorm, nearest upsampling, skip concatenation."""
-    kwargs = {"depth": 4, "down": "maxpool", "up": "nearest", "skip": "concat", **kwargs}
-    return EncoderDecoder(in_channels, num_classes, base_width, **kwargs)
-
-
-def SegNet(in_channels: int = 3, num_classes: int = 1, base_width: int = 64, **kwargs) -> EncoderDecoder:
-    """SegNet as in the PH2 study: the U-Net encoder, nearest upsampling, no skips."""
-    kwargs = {"depth": 4, "down": "maxpool", "up": "nearest", "skip": "none", **kwargs}
-    return EncoderDecoder(in_channels, num_classes, base_width, **kwargs)
-
-
-def UNetClassic(
-    in_channels: int = 3,
-    num_classes: int = 1,
-    base_width: int = 64,
-    depth: int = 4,
-    batch_norm: bool = False,
-    padding: str = "same",
-    up_mode: str = "transpose",
-) -> EncoderDecoder:
-    """Ronneberger et al. (2015) U-Net: double 3x3 convs, 64..1024 channels, transposed-conv up.
-
-    ``padding='valid'`` with ``batch_norm=False`` is the paper's network (overlap-tile input);
-    ``up_mode`` may also be ``bilinear`` or ``nearest``.
-    """
-    check_choice("up_mode", up_mode, ("transpose", "bilinear", "nearest"))
-    return EncoderDecoder(
-        in_channels, num_classes, base_width, depth=depth, down="maxpool", up=up_mode, skip="concat",
-        batch_norm=batch_norm, padding=padding, bottleneck_mult=2,
-    )

@@ -1,4 +1,4 @@
-"""Hydra callback: at the end of a multirun, write the comparison report at the sweep root."""
+"""Hydra callback of a multirun: names job dirs by what varies, and writes the comparison report at the end."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .report import build_report, find_runs
+from .config import RUN_SETTINGS
+from .report import build_report
+from .rundir import find_runs
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +25,18 @@ class ReportCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Leave the overrides every job shares out of the job dir names (``loss=dice,model=unet``).
+        """Leave the run settings (segbench.config.RUN_SETTINGS) and, in a sweep, the overrides every
+        job shares out of the job dir names (``loss=dice,model=unet``).
 
         Hydra composes each job from ``hydra.overrides.hydra`` plus the job's own
         overrides, so one more Hydra override extends ``exclude_keys`` for all jobs.
+        A swept key always stays in the names, run setting or not, so that no two jobs share a dir.
         """
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        if not any(o.is_sweep_override() for o in parsed):
-            return
-        fixed = [o.key_or_group for o in parsed if not o.is_sweep_override()]
-        keys = list(config.hydra.job.config.override_dirname.exclude_keys) + fixed
+        swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+        fixed = [o.key_or_group for o in parsed if not o.is_sweep_override()] if swept else []
+        keys = list(config.hydra.job.config.override_dirname.exclude_keys)
+        keys += [k for k in (*RUN_SETTINGS, *fixed) if k not in swept and k not in keys]
         read_only = OmegaConf.is_readonly(config)
         OmegaConf.set_readonly(config, False)
         with open_dict(config):

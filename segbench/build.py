@@ -1,0 +1,84 @@
+"""Building components from config nodes, with errors a user can act on.
+
+Every component is one YAML with a ``_target_`` (a class or function and its
+arguments). A component that rejects its arguments (``ValueError``/``TypeError``,
+or :class:`~segbench.validation.InvalidValue`) becomes a :class:`UserError` naming
+the config group, e.g. ``model.base_width=0 is invalid; expected an integer >= 1``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterable
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .engine.schedule import Schedule
+from .errors import UserError
+from .rundir import HISTORY_COLUMNS
+from .validation import InvalidValue, check_choice
+
+# Keys of a scheduler config that segbench reads itself (engine.schedule); the rest go to the scheduler.
+SCHEDULE_KEYS = ("interval", "monitor")
+
+
+def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """instantiate() with a user-facing error when the component rejects its arguments."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, InvalidValue):
+            raise cause.under(group) from cause
+        if isinstance(cause, (ValueError, TypeError)):
+            raise UserError(f"{group} ({node.get('_target_')}): {cause}") from cause
+        raise
+
+
+def optimizer_options(make_optimizer: Callable, optimizer_cfg: Any, device: torch.device) -> dict[str, Any]:
+    """``{"fused": True}`` on CUDA for an optimizer that has a fused kernel (Adam, AdamW, SGD), unless the
+    config sets ``fused`` itself. Nothing elsewhere: fused CPU kernels need torch >= 2.4, and the default keeps
+    CPU results identical across torch versions."""
+    func = getattr(make_optimizer, "func", make_optimizer)
+    if device.type == "cuda" and "fused" in inspect.signature(func).parameters and "fused" not in optimizer_cfg:
+        return {"fused": True}
+    return {}
+
+
+def build_optimizer(node: DictConfig, params: Iterable[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer of ``node`` (a ``_partial_`` config) over ``params``, fused on CUDA where it can be."""
+    make = build(node, "optimizer")
+    try:
+        return make(params=params, **optimizer_options(make, node, device))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"optimizer ({node.get('_target_')}): {exc}") from exc
+
+
+def build_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int,
+                   batches_per_epoch: int) -> Schedule | None:
+    """The scheduler of ``node`` and when it steps; None for no scheduler (``scheduler=none``).
+
+    A scheduler whose signature takes ``total_steps`` and whose YAML leaves it unset gets the
+    number of times it will step: ``epochs`` (``interval: epoch``) or ``epochs * batches_per_epoch``.
+    """
+    if not node or not node.get("_target_"):
+        return None
+    plain = OmegaConf.to_container(node, resolve=True)  # resolved where it stands (${optimizer.lr})
+    settings = {k: plain.pop(k) for k in SCHEDULE_KEYS if k in plain}
+    interval = settings.get("interval") or "epoch"
+    if settings.get("monitor") is not None:
+        check_choice("scheduler.monitor", settings["monitor"], [c for c in HISTORY_COLUMNS if "/" in c])
+    make = build(OmegaConf.create(plain), "scheduler")
+    func = getattr(make, "func", make)
+    kwargs: dict[str, Any] = {}
+    if "total_steps" in inspect.signature(func).parameters and plain.get("total_steps") is None:
+        kwargs["total_steps"] = epochs * (batches_per_epoch if interval == "step" else 1)
+    try:
+        scheduler = make(optimizer=optimizer, **kwargs)
+        return Schedule(scheduler, interval=interval, monitor=settings.get("monitor"))
+    except InvalidValue as exc:
+        raise exc.under("scheduler") from exc
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"scheduler ({node.get('_target_')}): {exc}") from exc

@@ -1,0 +1,330 @@
+"""The training loop over in-memory tensors: fit, evaluate, predict.
+
+Batches are indexed from the split's uint8 tensors on the device and
+normalised there; per-batch statistics are accumulated on the device and read
+once per epoch (no host synchronisation per batch). What happens around the
+loop (history.csv, checkpoints, best epoch, progress bars, logging) is done by
+callbacks (:mod:`segbench.engine.callbacks`); the loop itself never writes a file.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import SegArrays
+from ..errors import TrainingError
+from ..metrics import image_metrics
+from .callbacks import Callback
+from .device import AUTOCAST_DTYPES, autocast, compile_fallback_warning, maybe_compile
+from .normalize import Normalizer
+from .schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(TrainingError):
+    """The loss became NaN or infinite; the message names the epoch and batch."""
+
+
+class OutOfMemory(TrainingError):
+    """The device ran out of memory; the message names the batch size and what to try."""
+
+
+def out_of_memory(exc: BaseException, what: str, batch_size: int, key: str) -> OutOfMemory:
+    smaller = max(1, batch_size // 2)
+    return OutOfMemory(
+        f"out of GPU memory during {what} at {key}={batch_size}: try {key}={smaller}, or a smaller "
+        f"model.base_width or dataset.image_size ({str(exc).splitlines()[0]})"
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (weights initialisation); batch order has its own generator."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How the loop trains: what a run resolves from ``trainer.*`` and ``eval.threshold``.
+
+    ``threshold`` binarises sigmoid outputs for the per-epoch IoU/Dice;
+    ``precision`` is one of fp32/bf16/fp16 (already resolved for the device).
+    """
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int = 50
+    threshold: float = 0.5
+    seed: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"precision={self.precision!r} is not supported; expected one of {sorted(AUTOCAST_DTYPES)}")
+
+
+class Trainer:
+    """Fits a model on one split and evaluates on others.
+
+    Args:
+        model: maps normalised (B, 3, H, W) float to (B, C, H, W) logits.
+        loss_fn: (logits, float target (B, 1, H, W)) -> scalar loss.
+        optimizer: built for ``model``'s parameters.
+        settings: epochs, batch sizes, precision, ... (:class:`FitSettings`).
+        device: where the model and the data live.
+        schedule: the learning-rate scheduler and when it steps (per batch or per epoch), or None.
+        callbacks: called at fit, epoch and batch boundaries, in order.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: torch.optim.Optimizer | None,
+        settings: FitSettings,
+        device: torch.device,
+        schedule: Schedule | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.settings, self.device = settings, device
+        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        self.module = model.to(device, memory_format=self.memory_format)  # the eager module: checkpoints
+        self.model = maybe_compile(self.module) if settings.compile else self.module  # what runs the batches
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
+        self.loss_fn, self.optimizer, self.schedule = loss_fn, optimizer, schedule
+        self.callbacks = list(callbacks)
+        self.eval_batch_size = settings.eval_batch_size  # halved on out-of-memory
+        self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+        self.normalizer: Normalizer | None = None
+        self.history: list[dict] = []
+        self.train_time, self.train_images = 0.0, 0
+        self.stop_requested = False  # a callback (early stopping) may end training after an epoch
+
+    def callback(self, kind: type) -> Any:
+        """The first callback of class ``kind``, or None."""
+        return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # -- state -------------------------------------------------------------
+    def state(self, epoch: int) -> dict:
+        """Everything needed to continue exactly after ``epoch``: weights, optimiser, scheduler, RNGs,
+        history and the callbacks' own state."""
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": self.schedule.state_dict() if self.schedule is not None else None,
+            "epoch": epoch,
+            "normalizer": {"mean": self.normalizer.mean, "std": self.normalizer.std},
+            "history": self.history,
+            "train_time": self.train_time,
+            "train_images": self.train_images,
+            "rng": {
+                "batch_order": self.generator.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if cb.state_dict() is not None},
+        }
+
+    def load_state(self, state: dict) -> int:
+        """Restore a state saved by :meth:`state` (read with every tensor on the CPU); returns the epoch
+        to continue from."""
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.schedule is not None and state["scheduler"] is not None:
+            self.schedule.load_state_dict(state["scheduler"])
+        self.normalizer = Normalizer(**state["normalizer"])
+        self.history = state["history"]
+        self.train_time, self.train_images = state["train_time"], state["train_images"]
+        rng = state["rng"]
+        self.generator.set_state(rng["batch_order"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        saved = state.get("callbacks", {})
+        for cb in self.callbacks:
+            if type(cb).__name__ in saved:
+                cb.load_state_dict(saved[type(cb).__name__])
+        return state["epoch"] + 1
+
+    def load_weights(self, state: dict) -> None:
+        """Model weights from a checkpoint (e.g. best.pt), for testing or predicting."""
+        self.module.load_state_dict(state["model"])
+
+    # -- fitting -----------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits; a compiled model whose backend fails falls back to the eager module."""
+        if self.model is self.module:
+            return self.model(x)
+        try:
+            return self.model(x)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # inductor/dynamo errors surface at the first call
+            compile_fallback_warning(exc)
+            self.model = self.module
+            return self.model(x)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) on the device -> normalised float in the model's memory format."""
+        return self.normalizer(images).contiguous(memory_format=self.memory_format)
+
+    def prepare_batch(self, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch ``idx`` gathered from the split on the device: normalised inputs, float masks."""
+        return self.inputs(images[idx]), masks[idx].float()
+
+    def fit(self, train: SegArrays, val: SegArrays, start_epoch: int = 1) -> list[dict]:
+        """Train epochs ``start_epoch..epochs``, validating on ``val`` after each. After :meth:`load_state`,
+        pass the epoch it returned."""
+        if self.normalizer is None:
+            self.normalizer = Normalizer.fit(train.images)
+        images, masks = train.images.to(self.device), train.masks.to(self.device)
+        # the whole split lives on the device; batches are indexed there
+        val = SegArrays(val.images.to(self.device), val.masks.to(self.device), val.ids, val.groups)
+        try:
+            self._call("on_fit_start", start_epoch)
+            for epoch in range(start_epoch, self.settings.epochs + 1):
+                if self.stop_requested:
+                    break
+                self._fit_epoch(images, masks, val, epoch)
+        except BaseException as exc:
+            self._call("on_exception", exc)  # the last good epoch is on disk before the error goes on
+            raise
+        self._call("on_fit_end")
+        return self.history
+
+    def _fit_epoch(self, images: torch.Tensor, masks: torch.Tensor, val: SegArrays, epoch: int) -> None:
+        """One epoch: train, validate, step an epoch-wise scheduler, then the callbacks (history, best, checkpoint)."""
+        start = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        try:
+            train_stats = self.train_epoch(images, masks, epoch)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise out_of_memory(exc, f"training epoch {epoch}", self.settings.batch_size, "trainer.batch_size") from None
+        self.train_time += time.perf_counter() - start
+        self.train_images += images.shape[0]
+        val_stats = self.evaluate(val)
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train/loss": train_stats["loss"],
+            "train/iou": train_stats["iou"],
+            "val/loss": val_stats["loss"],
+            "val/iou": val_stats["iou"],
+            "val/dice": val_stats["dice"],
+            "time": time.perf_counter() - start,
+        }
+        if self.schedule is not None:
+            self.schedule.epoch_end(row)
+        self.history.append(row)
+        self._call("on_epoch_end", row)
+
+    def train_epoch(self, images: torch.Tensor, masks: torch.Tensor, epoch: int) -> dict[str, float]:
+        """One pass over the split in a seeded random order; returns its mean loss and IoU.
+
+        images (N, 3, H, W) uint8 and masks (N, 1, H, W) uint8 already on the device.
+        """
+        self.model.train()
+        n, batch_size = images.shape[0], self.settings.batch_size
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        iou_sum = torch.zeros((), device=self.device)
+        first_bad = torch.zeros((), dtype=torch.long, device=self.device)  # 1-based batch of the first non-finite loss
+        starts = range(0, n, batch_size)
+        self._call("on_train_epoch_start", epoch, len(starts))
+        for step, b in enumerate(starts, 1):
+            idx = order[b : b + batch_size]
+            x, y = self.prepare_batch(images, masks, idx)
+            with autocast(self.device, self.settings.precision):
+                logits = self.forward(x)
+                loss = self.loss_fn(logits, y)  # losses compute in float32 from (possibly bf16/fp16) logits
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.schedule is not None:
+                self.schedule.batch_end()
+            bad = (first_bad == 0) & ~torch.isfinite(loss.detach())
+            first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+            loss_sum += loss.detach() * len(idx)
+            iou_sum += image_metrics(logits.detach(), y, self.settings.threshold)["iou"].sum()
+            seen = min(b + batch_size, n)
+            # the running loss is read (a host sync) only by a callback that asks for it
+            self._call("on_train_batch_end", step, lambda: loss_sum.item() / seen)
+        if first_bad.item():  # one host sync per epoch
+            raise TrainingDiverged(
+                f"the training loss became {loss_sum.item()} at epoch {epoch}, batch {first_bad.item()} of "
+                f"{len(starts)}; likely causes: a learning rate too high for this model and loss "
+                f"(try a smaller optimizer.lr), reduced precision (try trainer.precision=fp32; "
+                f"this run used {self.settings.precision}), or a loss that is not stable from logits"
+            )
+        return {"loss": loss_sum.item() / n, "iou": iou_sum.item() / n}
+
+    # -- evaluation --------------------------------------------------------
+    def predict(self, data: SegArrays) -> torch.Tensor:
+        """Logits (N, C, H, W) float32 on the CPU for every case of ``data``."""
+        return self._with_fitting_batch(self._predict, data)
+
+    def evaluate(self, data: SegArrays) -> dict[str, float]:
+        """Loss and per-image-mean metrics of the current model on ``data``."""
+        return self._with_fitting_batch(self._evaluate, data)
+
+    def _with_fitting_batch(self, fn: Callable[[SegArrays], Any], data: SegArrays) -> Any:
+        """Run ``fn`` with the largest evaluation batch that fits: halve it on out-of-memory."""
+        while True:
+            try:
+                return fn(data)
+            except torch.cuda.OutOfMemoryError as exc:
+                if self.eval_batch_size == 1:
+                    raise out_of_memory(exc, "evaluation", 1, "trainer.eval_batch_size") from None
+                self.eval_batch_size = max(1, self.eval_batch_size // 2)
+                torch.cuda.empty_cache()
+                log.warning("out of memory in evaluation; trainer.eval_batch_size now %d", self.eval_batch_size)
+
+    def _batches(self, data: SegArrays):
+        for b in range(0, len(data), self.eval_batch_size):
+            x = self.inputs(data.images[b : b + self.eval_batch_size].to(self.device, non_blocking=True))
+            yield x, data.masks[b : b + self.eval_batch_size].to(self.device, non_blocking=True).float()
+
+    @torch.inference_mode()
+    def _predict(self, data: SegArrays) -> torch.Tensor:
+        self.model.eval()
+        out = []
+        for x, _ in self._batches(data):
+            with autocast(self.device, self.settings.precision):
+                out.append(self.forward(x).float().cpu())
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def _evaluate(self, data: SegArrays) -> dict[str, float]:
+        self.model.eval()
+        totals: dict[str, torch.Tensor] = {}
+        loss_sum = torch.zeros((), device=self.device)
+        for x, y in self._batches(data):
+            with autocast(self.device, self.settings.precision):
+                logits = self.forward(x)
+                loss_sum += self.loss_fn(logits, y) * y.shape[0]
+            for k, v in image_metrics(logits, y, self.settings.threshold).items():
+                totals[k] = totals.get(k, 0) + v.sum()
+        n = len(data)
+        return {"loss": loss_sum.item() / n, **{k: v.item() / n for k, v in totals.items()}}

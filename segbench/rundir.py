@@ -1,0 +1,182 @@
+"""The run directory: every file name and format of a run, its writers and its readers.
+
+    <run>/
+      .hydra/{config,overrides,hydra}.yaml   written by Hydra (read here)
+      train.log                              python logging
+      split.json                             case ids of train / val / test, split settings, digest
+      history.csv                            one row per epoch (HISTORY_COLUMNS)
+      metrics.json                           test metrics of the best checkpoint, definitions, status
+      test_per_image.csv                     every test metric per case
+      checkpoints/last.pt, best.pt           trainer state; best.pt is a hard link to last.pt at the best epoch
+      curves.png, predictions.png            plots (segbench.plotting)
+
+Training, resume, the report, compare and the plots read and write these files
+only through :class:`RunDir`. Files are replaced atomically, so a kill at any
+moment leaves the previous complete file.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from .io import CheckpointWriter, load_checkpoint, write_csv, write_json
+
+HISTORY_COLUMNS = ["epoch", "lr", "train/loss", "train/iou", "val/loss", "val/iou", "val/dice", "time"]
+COUNT_COLUMNS = ("tp", "fp", "fn", "tn")
+
+
+class RunDir:
+    """One run directory. Paths are attributes; ``write_*``/``read_*`` are the only readers and writers."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.hydra = self.path / ".hydra"
+        self.train_log = self.path / "train.log"
+        self.split_json = self.path / "split.json"
+        self.history_csv = self.path / "history.csv"
+        self.metrics_json = self.path / "metrics.json"
+        self.per_image_csv = self.path / "test_per_image.csv"
+        self.checkpoints = self.path / "checkpoints"
+        self.last_pt = self.checkpoints / "last.pt"
+        self.best_pt = self.checkpoints / "best.pt"
+        self.curves_png = self.path / "curves.png"
+        self.predictions_png = self.path / "predictions.png"
+        self._writer: CheckpointWriter | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @staticmethod
+    def is_run(path: Path) -> bool:
+        return (Path(path) / ".hydra" / "config.yaml").is_file()
+
+    def create(self) -> "RunDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # -- split.json --------------------------------------------------------
+    def write_split(self, split: dict) -> None:
+        write_json(self.split_json, split)
+
+    def read_split(self) -> dict:
+        return _read_json(self.split_json)
+
+    # -- history.csv -------------------------------------------------------
+    def write_history(self, rows: Sequence[dict]) -> None:
+        write_csv(self.history_csv, rows, HISTORY_COLUMNS)
+
+    def read_history(self) -> list[dict[str, float]]:
+        """Rows of history.csv as numbers (``epoch`` an int); [] when there is none."""
+        if not self.history_csv.is_file():
+            return []
+        rows = _read_csv(self.history_csv)
+        return [{k: int(v) if k == "epoch" else _float(v) for k, v in r.items()} for r in rows]
+
+    # -- metrics.json ------------------------------------------------------
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.metrics_json, metrics)
+
+    def read_metrics(self) -> dict:
+        """metrics.json, or {} when the run has none (not started, or killed before its end)."""
+        return _read_json(self.metrics_json)
+
+    def status(self) -> str:
+        """done / failed / interrupted (from metrics.json), incomplete (epochs but no metrics), not started."""
+        return self.read_metrics().get("status") or ("incomplete" if self.history_csv.is_file() else "not started")
+
+    # -- test_per_image.csv ------------------------------------------------
+    def write_per_image(self, ids: Sequence[str], rows: dict[str, list[float]],
+                        groups: Sequence[str] | None = None, group_key: str | None = None) -> None:
+        """One row per test case: case id, its group (e.g. PH2 diagnosis) when known, every metric, counts."""
+        group_column = group_key or "group"
+        metrics = [k for k in rows if k not in COUNT_COLUMNS]
+        columns = ["case", group_column, *metrics, *[k for k in COUNT_COLUMNS if k in rows]]
+        table = [{"case": case, group_column: "" if groups is None else groups[i], **{k: rows[k][i] for k in rows}}
+                 for i, case in enumerate(ids)]
+        write_csv(self.per_image_csv, table, columns)
+
+    def read_per_image(self) -> list[dict[str, Any]]:
+        """Rows of test_per_image.csv: the case id and its group (the first two columns) as text,
+        metrics as numbers."""
+        if not self.per_image_csv.is_file():
+            return []
+        rows = _read_csv(self.per_image_csv)
+        text = set(list(rows[0])[:2]) if rows else set()
+        return [{k: v if k in text else _float(v) for k, v in r.items()} for r in rows]
+
+    # -- checkpoints -------------------------------------------------------
+    def save_checkpoint(self, state: dict, best: bool) -> None:
+        """Write ``last.pt`` in the background (training waits only for a CPU copy of ``state``); with
+        ``best``, ``best.pt`` becomes the same file. Waits for the previous write first."""
+        if self._writer is None:
+            self._writer = CheckpointWriter()
+        self._writer.save(self.last_pt, state, also=[self.best_pt] if best else [])
+
+    def wait_for_checkpoints(self) -> None:
+        """Block until the last checkpoint write is on disk; raises its error (naming the file) once."""
+        if self._writer is not None:
+            self._writer.wait()
+
+    def load_checkpoint(self, which: str = "last") -> dict:
+        """``last`` or ``best``, every tensor on the CPU."""
+        return load_checkpoint(self.best_pt if which == "best" else self.last_pt)
+
+    # -- what Hydra wrote --------------------------------------------------
+    def read_config(self) -> dict:
+        return _read_yaml(self.hydra / "config.yaml") or {}
+
+    def read_overrides(self) -> list[str]:
+        return list(_read_yaml(self.hydra / "overrides.yaml") or [])
+
+    def read_choices(self) -> dict[str, str]:
+        """The option picked in each config group (``model: unet``), as Hydra recorded it."""
+        hydra_cfg = (_read_yaml(self.hydra / "hydra.yaml") or {}).get("hydra", {})
+        return dict(hydra_cfg.get("runtime", {}).get("choices", {}) or {})
+
+    # -- train.log ---------------------------------------------------------
+    def ensure_log_file(self) -> None:
+        """Hydra's job logging writes train.log; outside Hydra (tests, notebooks) add that file ourselves."""
+        path = self.train_log.resolve()
+        root = logging.getLogger()
+        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            root.addHandler(handler)
+            root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[RunDir]:
+    """Run directories (those holding ``.hydra/config.yaml``) at or below each path, sorted by path."""
+    found: set[Path] = set()
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"'{path}' is not a directory; expected a run or sweep directory")
+        found.update(p.parent.parent for p in path.rglob(".hydra/config.yaml"))
+    return [RunDir(p) for p in sorted(found)]
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _read_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text()) if path.is_file() else None

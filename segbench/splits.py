@@ -1,0 +1,115 @@
+"""How a dataset's cases are divided into train / val / test: one small class per strategy.
+
+A split takes the dataset's case ids and optional groups (PH2: diagnosis) and
+returns what ``split.json`` holds: the ids of each part, the strategy and its
+settings, and a digest of the parts, so that runs can be checked to share one.
+A new strategy (k-fold, a split file) is a new class here plus a YAML in ``conf/split/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .validation import check_int, check_sizes
+
+PARTS = ("train", "val", "test")
+
+
+def split_digest(split: dict[str, list[str]]) -> str:
+    """Short hash of the case ids of each part, so runs can be checked to share one split."""
+    text = json.dumps({k: split[k] for k in PARTS}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def interleave_by_group(ids: Sequence[str], groups: Sequence[str] | None, order: Sequence[str],
+                        rng: np.random.Generator) -> list[int]:
+    """A seeded order of the indices of ``ids`` in which every contiguous slice holds the groups in
+    the dataset's proportions.
+
+    Without groups it is a plain permutation of the ids sorted. With groups, each group
+    (visited in ``order``, then any others sorted) is shuffled and its members are spread
+    evenly: member k of a group of n sits at position (k + 0.5) / n, ties broken at random.
+    The result depends only on the sorted ids, the groups and the generator's state.
+    """
+    by_id = sorted(range(len(ids)), key=lambda i: ids[i])
+    if groups is None:
+        return [by_id[i] for i in rng.permutation(len(by_id))]
+    labels = list(order) + sorted(set(groups) - set(order))
+    keyed = []
+    for label in labels:
+        members = [i for i in by_id if groups[i] == label]
+        if not members:
+            continue
+        members = [members[j] for j in rng.permutation(len(members))]
+        keyed += [((k + 0.5) / len(members), rng.random(), i) for k, i in enumerate(members)]
+    return [i for _, _, i in sorted(keyed)]
+
+
+class Split:
+    """Base of every split strategy."""
+
+    name = "split"
+
+    def make(self, ids: Sequence[str], groups: Sequence[str] | None = None, group_order: Sequence[str] = (),
+             group_key: str | None = None) -> dict:
+        """What split.json holds: ``train``, ``val``, ``test`` (case ids), settings and ``digest``."""
+        raise NotImplementedError
+
+    def check(self, cases: int, what: str = "cases in the dataset") -> str | None:
+        """Why this split cannot be made from ``cases`` cases (``what`` says which), or None."""
+        return None
+
+
+class Holdout(Split):
+    """One deterministic train / val / test split, stratified by the dataset's groups when it has them.
+
+    Args:
+        sizes: (train, val, test) case counts; null = half / a quarter / a quarter of the
+            dataset (the remainder goes to train): PH2's 100/50/50.
+        seed: fixes the split, independently of the training seed.
+    """
+
+    name = "holdout"
+
+    def __init__(self, sizes: Sequence[int] | None = None, seed: int = 0) -> None:
+        self.sizes = None if sizes is None else check_sizes("split.sizes", sizes, 3, "train, val, test")
+        self.seed = check_int("split.seed", seed)
+
+    def sizes_for(self, cases: int) -> list[int]:
+        if self.sizes is not None:
+            return list(self.sizes)
+        val = test = cases // 4
+        return [cases - val - test, val, test]
+
+    def check(self, cases: int, what: str = "cases in the dataset") -> str | None:
+        sizes = self.sizes_for(cases)
+        if sum(sizes) > cases:
+            return (f"split.sizes: train={sizes[0]} + val={sizes[1]} + test={sizes[2]} = {sum(sizes)} "
+                    f"exceed the {cases} {what}")
+        if min(sizes) < 1:
+            return f"split.sizes {sizes}: {cases} {what} are too few for three non-empty parts"
+        return None
+
+    def make(self, ids: Sequence[str], groups: Sequence[str] | None = None, group_order: Sequence[str] = (),
+             group_key: str | None = None) -> dict:
+        problem = self.check(len(ids))
+        if problem:
+            raise UserError(problem)
+        sizes = self.sizes_for(len(ids))
+        order = interleave_by_group(ids, groups, group_order, np.random.default_rng(self.seed))
+        parts, start = {}, 0
+        for name, n in zip(PARTS, sizes):
+            parts[name] = [ids[i] for i in order[start : start + n]]
+            start += n
+        return {
+            **parts,
+            "strategy": self.name,
+            "seed": self.seed,
+            "sizes": sizes,
+            "stratified_by": None if groups is None else (group_key or "group"),
+            "digest": split_digest(parts),
+        }

@@ -1,0 +1,55 @@
+"""Split strategies: determinism, stratification, sizes, and the digests existing runs were made with."""
+import collections
+
+import pytest
+
+from segbench.data import SyntheticDermoscopy
+from segbench.errors import UserError
+from segbench.splits import Holdout, split_digest
+
+IDS = [f"C{i:03d}" for i in range(200)]
+GROUPS = ["a"] * 80 + ["b"] * 80 + ["c"] * 40
+
+
+def test_holdout_is_deterministic_and_disjoint():
+    ids = IDS[:30]
+    a = Holdout([10, 5, 5], seed=3).make(ids)
+    assert a == Holdout([10, 5, 5], seed=3).make(list(reversed(ids)))  # input order does not matter
+    assert a["digest"] != Holdout([10, 5, 5], seed=4).make(ids)["digest"]
+    assert [len(a[k]) for k in ("train", "val", "test")] == [10, 5, 5]
+    assert len(set(a["train"]) | set(a["val"]) | set(a["test"])) == 20
+    assert a["digest"] == split_digest(a) and a["strategy"] == "holdout" and a["stratified_by"] is None
+
+
+def test_holdout_is_stratified_by_groups():
+    split = Holdout([100, 50, 50]).make(IDS, GROUPS, group_key="kind")
+    label = dict(zip(IDS, GROUPS))
+    counts = {k: collections.Counter(label[c] for c in split[k]) for k in ("train", "val", "test")}
+    assert counts["train"] == {"a": 40, "b": 40, "c": 20}
+    assert counts["val"] == counts["test"] == {"a": 20, "b": 20, "c": 10}
+    assert split["stratified_by"] == "kind"
+
+
+def test_default_sizes_are_half_and_quarters():
+    assert Holdout().sizes_for(200) == [100, 50, 50]
+    assert Holdout().sizes_for(13) == [7, 3, 3]
+    assert Holdout([5, 2, 2]).sizes_for(13) == [5, 2, 2]
+
+
+def test_holdout_digests_are_those_of_earlier_runs():
+    """The synthetic splits segbench made before splits were a component (the PH2 one is pinned in test_data)."""
+    assert Holdout().make(SyntheticDermoscopy(image_size=16).ids)["digest"] == "b8fba8213555f899"
+    assert Holdout().make(SyntheticDermoscopy(num_cases=12, image_size=16).ids)["digest"] == "577b710331bd9fab"
+
+
+def test_split_larger_than_dataset_names_the_numbers():
+    with pytest.raises(UserError, match=r"split.sizes: train=100 \+ val=50 \+ test=60 = 210 exceed the 200 cases"):
+        Holdout([100, 50, 60]).make(IDS)
+    with pytest.raises(UserError, match="2 cases in the dataset are too few"):
+        Holdout().make(IDS[:2])
+
+
+@pytest.mark.parametrize("sizes", [[10, 0, 5], [10, 5], [10, 5, -1], [10, 5, 2.5]])
+def test_holdout_rejects_bad_sizes(sizes):
+    with pytest.raises(UserError, match=r"split.sizes=.* is invalid; expected three integers >= 1"):
+        Holdout(sizes)
