@@ -105,6 +105,12 @@ def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
     restore()
     with pytest.raises(UserError, match=r"cannot resume .*model.base_width: 4 -> 8"):
         run(compose_cfg([*FOUR, f"output_dir={out}", "trainer.resume=auto", "model.base_width=8"]))
+    with pytest.raises(UserError, match=r"cannot resume .*trainer.epochs: 4 -> 5"):
+        run(compose_cfg([*FOUR, f"output_dir={out}", "trainer.resume=auto", "trainer.epochs=5"]))
+    # run settings (segbench.config.RUN_SETTINGS) may change: where and how it runs, not what it computes
+    resumed = run(compose_cfg([*FOUR, f"output_dir={out}", "trainer.resume=auto", "trainer.eval_batch_size=2",
+                               "trainer.log_every=3", "eval.num_predictions=1"]))
+    assert resumed["status"] == "done" and resumed["epochs"] == 4
 
 
 def test_sweep_rerun_completes_only_what_is_missing(tmp_path):

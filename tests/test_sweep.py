@@ -93,3 +93,24 @@ def test_submitit_local_launcher(tmp_path):
     root = sweep_dir(tmp_path)
     assert len(read_summary(root)) == 2
     assert all((root / f"loss={loss}" / "metrics.json").is_file() for loss in ("bce", "dice"))
+
+
+def test_job_names_leave_out_run_settings_unless_swept():
+    """Job dirs are named by what varies: fixed overrides and run settings are excluded, a swept run
+    setting is kept (two jobs must not share a directory)."""
+    from omegaconf import OmegaConf
+
+    from segbench.config import RUN_SETTINGS
+    from segbench.sweep import ReportCallback
+
+    config = OmegaConf.create({"hydra": {
+        "overrides": {"task": ["model=unet,segnet", "trainer.eval_batch_size=2,4", "trainer.device=cpu",
+                               "trainer.epochs=3"], "hydra": []},
+        "job": {"config": {"override_dirname": {"exclude_keys": []}}},
+    }})
+    ReportCallback().on_multirun_start(config)
+    (override,) = config.hydra.overrides.hydra
+    excluded = override.split("=", 1)[1].strip("[]").split(",")
+    assert "trainer.device" in excluded and "trainer.epochs" in excluded  # a run setting, a fixed override
+    assert "trainer.eval_batch_size" not in excluded and "model" not in excluded  # swept
+    assert set(RUN_SETTINGS) - {"trainer.eval_batch_size"} <= set(excluded)
