@@ -21,6 +21,7 @@ from torch import nn
 from ..data import SegArrays
 from ..errors import TrainingError
 from ..metrics import image_metrics
+from ..validation import check_choice
 from .callbacks import Callback
 from .device import AUTOCAST_DTYPES, autocast, compile_fallback_warning, maybe_compile
 from .normalize import Normalizer
@@ -70,8 +71,7 @@ class FitSettings:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in AUTOCAST_DTYPES:
-            raise ValueError(f"precision={self.precision!r} is not supported; expected one of {sorted(AUTOCAST_DTYPES)}")
+        check_choice("precision", self.precision, AUTOCAST_DTYPES)  # resolved already: no 'auto' here
 
 
 class Trainer:

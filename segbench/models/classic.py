@@ -12,16 +12,8 @@ class UNetClassic(EncoderDecoder):
     ``up_mode`` may also be ``bilinear`` or ``nearest``. (B, in_channels, H, W) -> (B, num_classes, H, W) logits.
     """
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        num_classes: int = 1,
-        base_width: int = 64,
-        depth: int = 4,
-        batch_norm: bool = False,
-        padding: str = "same",
-        up_mode: str = "transpose",
-    ) -> None:
+    def __init__(self, in_channels: int = 3, num_classes: int = 1, base_width: int = 64, depth: int = 4,
+                 batch_norm: bool = False, padding: str = "same", up_mode: str = "transpose") -> None:
         check_choice("up_mode", up_mode, ("transpose", "bilinear", "nearest"))
         super().__init__(
             in_channels, num_classes, base_width, depth=depth, down="maxpool", up=up_mode, skip="concat",
