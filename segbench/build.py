@@ -15,9 +15,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .augment import Augment
+from .engine.callbacks import (
+    EMA, BestTracker, Callback, Checkpointer, EarlyStopping, EpochLogger, GradClip, HistoryWriter, ProgressBar,
+)
 from .engine.schedule import Schedule
 from .errors import UserError
-from .rundir import HISTORY_COLUMNS
+from .rundir import HISTORY_COLUMNS, RunDir
 from .validation import InvalidValue, check_choice
 
 # Keys of a scheduler config that segbench reads itself (engine.schedule); the rest go to the scheduler.
@@ -82,3 +86,30 @@ def build_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, ep
         raise exc.under("scheduler") from exc
     except (ValueError, TypeError) as exc:
         raise UserError(f"scheduler ({node.get('_target_')}): {exc}") from exc
+
+
+def build_augment(node: DictConfig | None) -> Augment | None:
+    """The batch augmentation of ``augment=...``, or None when it has no ops (``augment=none``)."""
+    if not node or not node.get("_target_"):
+        return None
+    augment = build(node, "augment")
+    return augment if getattr(augment, "ops", True) else None
+
+
+def build_callbacks(trainer_cfg: DictConfig, run_dir: RunDir, config: dict) -> tuple[list[Callback], BestTracker]:
+    """The training loop's callbacks for a run: the optional ones of ``trainer.*`` (grad_clip, ema,
+    early_stop) first, then best-epoch tracking, history.csv, checkpoints, the log line, progress bars.
+    Returns them and the best-epoch tracker."""
+    callbacks: list[Callback] = []
+    if trainer_cfg.get("grad_clip") is not None:
+        callbacks.append(GradClip(trainer_cfg.grad_clip))
+    if trainer_cfg.get("ema") is not None:
+        callbacks.append(EMA(trainer_cfg.ema))
+    early = trainer_cfg.get("early_stop") or {}
+    if early.get("patience") is not None:
+        callbacks.append(EarlyStopping(early.patience, early.get("min_delta", 0.0)))
+    best = BestTracker("val/iou")
+    callbacks += [best, HistoryWriter(run_dir), Checkpointer(run_dir, best, config), EpochLogger()]
+    if trainer_cfg.progress:
+        callbacks.append(ProgressBar(int(trainer_cfg.log_every), best))
+    return callbacks, best

@@ -78,6 +78,10 @@ def validate(cfg: DictConfig) -> None:
     if threshold != "auto" and (not is_number(threshold) or not 0 < threshold < 1):
         raise InvalidValue("eval.threshold", threshold, "a number > 0 and < 1, or 'auto'")
     check_choice("eval.resolution", cfg.eval.resolution, ("input", "original"))
+    from .evaluate import POSTPROCESS, TTA_MODES  # the evaluation layer owns its options
+
+    check_choice("eval.tta", cfg.eval.tta, TTA_MODES)
+    check_choice("eval.postprocess", cfg.eval.postprocess, POSTPROCESS)
     check_int("eval.num_predictions", cfg.eval.num_predictions, low=1)
     check_int("seed", cfg.seed)
     if cfg.optimizer.get("lr") is not None:

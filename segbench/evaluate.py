@@ -1,7 +1,7 @@
-"""Test-time evaluation: per-image metrics, reductions, threshold choice, breakdown by group,
-and the test step of a run (:func:`score_test`).
+"""Test-time evaluation: test-time augmentation, post-processing, per-image metrics, reductions,
+threshold choice, breakdown by group, and the test step of a run (:func:`score_test`).
 
-Works on logits already computed (the trainer's ``predict``), on the CPU.
+Works on logits computed by the trainer's ``predict``, on the CPU.
 """
 from __future__ import annotations
 
@@ -13,20 +13,70 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scipy import ndimage
+
 from .data import SegArrays, SegDataset
 from .metrics import DEFINITIONS, all_metrics, binarize, confusion, hausdorff, iou, micro
+from .validation import check_choice
 
 if TYPE_CHECKING:
     from .engine import Trainer
 
 THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]
+TTA_MODES = ("none", "flips", "d4")
+POSTPROCESS = ("none", "largest")
+
+# Each test-time transform of (N, C, H, W) tensors with its inverse; square images (segbench resizes to squares).
+_FLIPS = [
+    (lambda x: x, lambda x: x),
+    (lambda x: x.flip(-1), lambda x: x.flip(-1)),
+    (lambda x: x.flip(-2), lambda x: x.flip(-2)),
+    (lambda x: x.flip(-2, -1), lambda x: x.flip(-2, -1)),
+]
+_D4 = [(lambda x, k=k, f=f: (x.flip(-1) if f else x).rot90(k, (-2, -1)),
+        lambda x, k=k, f=f: (lambda y: y.flip(-1) if f else y)(x.rot90(-k, (-2, -1))))
+       for f in (False, True) for k in range(4)]
+TTA_TRANSFORMS = {"none": _FLIPS[:1], "flips": _FLIPS, "d4": _D4}
 
 
-def choose_threshold(logits: torch.Tensor, masks: torch.Tensor, grid: Sequence[float] = THRESHOLD_GRID) -> float:
-    """The threshold of ``grid`` with the highest mean per-image IoU (first one on ties)."""
+def predict_tta(trainer: "Trainer", data: SegArrays, mode: str = "none") -> torch.Tensor:
+    """Logits (N, C, H, W) of ``data``, averaged over the test-time transforms of ``mode``: ``none``;
+    ``flips`` (identity, horizontal, vertical, both: 4); ``d4`` (the 4 rotations by 90 degrees of the
+    image and of its mirror image: 8). Each prediction is transformed back before averaging."""
+    check_choice("eval.tta", mode, TTA_MODES)
+    total = None
+    for forward, inverse in TTA_TRANSFORMS[mode]:
+        view = SegArrays(forward(data.images), data.masks, data.ids, data.groups)
+        logits = inverse(trainer.predict(view))
+        total = logits if total is None else total + logits
+    return total / len(TTA_TRANSFORMS[mode])
+
+
+def largest_component(pred: np.ndarray) -> np.ndarray:
+    """Keep the largest 8-connected foreground component of an (H, W) bool mask and fill its holes."""
+    labels, count = ndimage.label(pred, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return pred
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(labels == sizes.argmax())
+
+
+def predict_masks(logits: torch.Tensor, threshold: float, postprocess: str = "none") -> torch.Tensor:
+    """(N, C, H, W) logits -> (N, 1, H, W) bool foreground, post-processed per image (``largest``)."""
+    check_choice("eval.postprocess", postprocess, POSTPROCESS)
+    pred = binarize(logits, threshold)
+    if postprocess == "largest":
+        pred = torch.stack([torch.from_numpy(largest_component(p[0].numpy()))[None] for p in pred])
+    return pred
+
+
+def choose_threshold(logits: torch.Tensor, masks: torch.Tensor, grid: Sequence[float] = THRESHOLD_GRID,
+                     postprocess: str = "none") -> float:
+    """The threshold of ``grid`` with the highest mean per-image IoU (first one on ties), after ``postprocess``."""
     if logits.shape[1] != 1:
         return 0.5  # multi-class predictions are argmax; the threshold does not apply
-    scores = [iou(confusion(binarize(logits, t), masks > 0)).mean().item() for t in grid]
+    scores = [iou(confusion(predict_masks(logits, t, postprocess), masks > 0)).mean().item() for t in grid]
     return float(grid[int(np.argmax(scores))])
 
 
@@ -34,16 +84,18 @@ def per_image(
     logits: torch.Tensor,
     masks: Sequence[torch.Tensor] | torch.Tensor,
     threshold: float,
+    postprocess: str = "none",
 ) -> dict[str, list[float]]:
     """Every metric per image. ``masks`` may be one (N, 1, H, W) tensor, or N (H0, W0) masks at
-    their original sizes, in which case each logit map is resized (bilinear) to its mask first."""
+    their original sizes, in which case each logit map is resized (bilinear) to its mask first;
+    ``postprocess`` is applied to each prediction at the size it is scored at."""
     rows: dict[str, list[float]] = {}
     for i in range(logits.shape[0]):
         mask = torch.as_tensor(masks[i]).reshape(1, 1, *masks[i].shape[-2:]) > 0
         logit = logits[i : i + 1].float()
         if logit.shape[-2:] != mask.shape[-2:]:
             logit = F.interpolate(logit, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        pred = binarize(logit, threshold)
+        pred = predict_masks(logit, threshold, postprocess)
         c = confusion(pred, mask)
         values = {k: v.item() for k, v in all_metrics(c).items()}
         values["hd"], values["hd95"] = hausdorff(pred[0, 0].numpy(), mask[0, 0].numpy())
@@ -80,8 +132,9 @@ def by_group(rows: dict[str, list[float]], groups: Sequence[str], order: Sequenc
 
 @dataclass
 class TestResult:
-    """What the test step produced: the threshold used, the test logits (N, C, H, W) at the input size,
-    per-image metric rows, and the summary (``test/<metric>``) with its definitions."""
+    """What the test step produced: the threshold used, the test logits (N, C, H, W) at the input size
+    (after test-time augmentation), per-image metric rows, and the summary (``test/<metric>``, and
+    ``val_final/<metric>`` for the val split scored the same way) with its definitions."""
 
     threshold: float
     logits: torch.Tensor
@@ -98,28 +151,41 @@ def score_test(
     test_part: SegArrays,
     threshold: float | str,
     resolution: str,
+    tta: str = "none",
+    postprocess: str = "none",
 ) -> TestResult:
-    """Score the trainer's current model on ``test_part``.
+    """Score the trainer's current model on ``test_part``, and on ``val`` the same way.
 
-    ``threshold='auto'`` picks the one of :data:`THRESHOLD_GRID` with the best mean val IoU;
-    ``resolution='original'`` scores each prediction resized to its case's original mask.
+    ``threshold='auto'`` picks the one of :data:`THRESHOLD_GRID` with the best mean val IoU (with the
+    same TTA and post-processing); ``resolution='original'`` scores each prediction resized to its
+    case's original mask; ``tta`` and ``postprocess`` as in :func:`predict_tta` and :func:`predict_masks`.
     """
     auto = threshold == "auto"
-    chosen = choose_threshold(trainer.predict(val), val.masks) if auto else float(threshold)
-    logits = trainer.predict(test_part)  # (N, C, H, W) on the CPU; every test number comes from these
+    val_logits = predict_tta(trainer, val, tta)
+    chosen = choose_threshold(val_logits, val.masks, postprocess=postprocess) if auto else float(threshold)
+    logits = predict_tta(trainer, test_part, tta)  # (N, C, H, W) on the CPU; every test number comes from these
     with torch.no_grad():
         test_loss = float(loss_fn(logits, test_part.masks.float()))
     original = resolution == "original"
-    masks = dataset.original_masks(test_part.ids) if original else test_part.masks
-    rows = per_image(logits, masks, chosen)
+
+    def masks_of(part: SegArrays) -> Any:
+        return dataset.original_masks(part.ids) if original else part.masks
+
+    rows = per_image(logits, masks_of(test_part), chosen, postprocess)
+    val_summary = summarize(per_image(val_logits, masks_of(val), chosen, postprocess), prefix="val_final/")
     definitions = {
         **DEFINITIONS,
         "threshold": chosen,
         "threshold_mode": "auto: maximises mean val IoU over 0.05..0.95" if auto else "fixed",
         "resolution": "original image size (predictions resized bilinearly)" if original
         else f"{dataset.image_size}x{dataset.image_size} (network input)",
+        "tta": {"none": "none", "flips": "mean logits of identity, horizontal, vertical and both flips",
+                "d4": "mean logits of the 8 rotations/flips (dihedral group D4)"}[tta],
+        "postprocess": "largest 8-connected component, holes filled" if postprocess == "largest" else "none",
+        "val_final": "the val split scored like the test split (same threshold, TTA, post-processing, resolution)",
     }
-    metrics = {"test/loss": test_loss, **summarize(rows)}
+    metrics = {"test/loss": test_loss, **summarize(rows),
+               **{k: v for k, v in val_summary.items() if k.split("/")[1] in ("iou", "dice", "hd95", "iou_score")}}
     if test_part.groups is not None:
         metrics[f"by_{dataset.group_key or 'group'}"] = by_group(rows, test_part.groups, dataset.group_order)
     return TestResult(chosen, logits, rows, metrics, definitions)

@@ -76,3 +76,31 @@ def _prediction_grid(
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
+
+
+def plot_augmentations(run_dir: RunDir, part: SegArrays, augment, device, cases: int = 4, draws: int = 3) -> Path:
+    """The first ``cases`` training images with their masks (outlined), next to ``draws`` augmented
+    draws of each: what the model sees. Draws come from a forked RNG, so training is unchanged;
+    writes ``augmentations.png``."""
+    shown = part.subset(part.ids[:cases])
+    images = shown.images.to(device).float() / 255
+    masks = shown.masks.to(device).float()
+    columns = [(images, masks)]
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            columns += [augment(images, masks) for _ in range(draws)]
+    fig, axes = plt.subplots(len(shown), 1 + draws, figsize=(2.4 * (1 + draws), 2.4 * len(shown)), squeeze=False)
+    for i in range(len(shown)):
+        for j, (x, y) in enumerate(columns):
+            ax = axes[i, j]
+            ax.imshow(x[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+            ax.contour(y[i, 0].cpu().numpy(), levels=[0.5], colors="lime", linewidths=1)
+            ax.set_title(shown.ids[i] if j == 0 else f"draw {j}", fontsize=9)
+            ax.axis("off")
+    fig.suptitle(f"training images and augmented draws; mask outline in green\n{augment!r}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir.augmentations_png, dpi=90)
+    plt.close(fig)
+    return run_dir.augmentations_png

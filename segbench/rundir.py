@@ -9,6 +9,7 @@
       test_per_image.csv                     every test metric per case
       checkpoints/last.pt, best.pt           trainer state; best.pt is a hard link to last.pt at the best epoch
       curves.png, predictions.png            plots (segbench.plotting)
+      augmentations.png                      training images and augmented draws (with augmentation)
 
 Training, resume, the report, compare and the plots read and write these files
 only through :class:`RunDir`. Files are replaced atomically, so a kill at any
@@ -47,6 +48,7 @@ class RunDir:
         self.best_pt = self.checkpoints / "best.pt"
         self.curves_png = self.path / "curves.png"
         self.predictions_png = self.path / "predictions.png"
+        self.augmentations_png = self.path / "augmentations.png"
         self._writer: CheckpointWriter | None = None
 
     def __repr__(self) -> str:

@@ -14,15 +14,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .build import build, build_optimizer, build_schedule
+from .build import build, build_augment, build_callbacks, build_optimizer, build_schedule
 from .config import check_resumable, choices, validate
 from .data import SegDataset
-from .engine import (
-    BestTracker, Callback, Checkpointer, EpochLogger, FitSettings, HistoryWriter, ProgressBar, Trainer,
-    resolve_device, resolve_precision, resolve_switch, seed_everything,
-)
+from .engine import EarlyStopping, FitSettings, Trainer, resolve_device, resolve_precision, resolve_switch, seed_everything
 from .evaluate import score_test
-from .plotting import plot_curves, plot_predictions
+from .plotting import plot_augmentations, plot_curves, plot_predictions
 from .rundir import RunDir
 from .splits import Split
 
@@ -73,6 +70,7 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), device)
     dataset: SegDataset = build(cfg.dataset, "dataset")
     splitter: Split = build(cfg.split, "split")
+    augment = build_augment(cfg.get("augment"))
     # 3. data
     load_start = time.perf_counter()
     split = splitter.make(dataset.ids, dataset.groups, dataset.group_order, dataset.group_key)
@@ -92,21 +90,21 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     )
     schedule = build_schedule(cfg.get("scheduler"), optimizer, settings.epochs,
                               math.ceil(len(parts["train"]) / settings.batch_size))
-    best = BestTracker("val/iou")
-    callbacks: list[Callback] = [best, HistoryWriter(run_dir), Checkpointer(run_dir, best, resolved), EpochLogger()]
-    if cfg.trainer.progress:
-        callbacks.append(ProgressBar(int(cfg.trainer.log_every), best))
-    trainer = Trainer(model, loss_fn, optimizer, settings, device, schedule, callbacks)
+    callbacks, best = build_callbacks(cfg.trainer, run_dir, resolved)
+    trainer = Trainer(model, loss_fn, optimizer, settings, device, schedule, callbacks, augment)
     start_epoch = _resume(cfg, run_dir, trainer, resolved)
+    if augment is not None and start_epoch == 1:
+        plot_augmentations(run_dir, parts["train"], augment, device)  # draws from a forked RNG: changes nothing
     trainer.fit(parts["train"], parts["val"], start_epoch)
     # 5. evaluation of the best checkpoint
     trainer.load_weights(run_dir.load_checkpoint("best"))
     result = score_test(trainer, loss_fn, dataset, parts["val"], parts["test"], cfg.eval.threshold,
-                        cfg.eval.resolution)
+                        cfg.eval.resolution, cfg.eval.tta, cfg.eval.postprocess)
+    early = trainer.callback(EarlyStopping)
     # 6. the run directory
     metrics = {
         "status": "done", **result.metrics, "val/iou": best.value, "best_epoch": best.epoch,
-        "epochs": settings.epochs, "params": params, "train_time_s": trainer.train_time,
+        "epochs": settings.epochs, "stopped_epoch": early.stopped_epoch if early else None, "params": params, "train_time_s": trainer.train_time,
         "images_per_s": trainer.train_images / trainer.train_time if trainer.train_time > 0 else math.nan,
         "data_load_s": load_time, "total_time_s": time.perf_counter() - start, "device": str(device),
         "precision": precision, **names, "image_size": dataset.image_size, "split_digest": split["digest"],

@@ -38,20 +38,26 @@ def history_without_time(path):
     return [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]
 
 
-def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    full = run(compose_cfg([*FOUR, f"output_dir={tmp_path / 'full'}"]))
+@pytest.mark.parametrize("extra", [
+    [],
+    ["scheduler=cosine", "scheduler.warmup=3", "optimizer.lr=1e-3"],  # a per-step schedule
+    ["augment=standard", "trainer.ema=0.9", "trainer.grad_clip=1.0"],  # RNG draws every batch; EMA state
+], ids=["plain", "per_step_schedule", "augment_ema_clip"])
+def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, extra):
+    args = [*FOUR, *extra]
+    full = run(compose_cfg([*args, f"output_dir={tmp_path / 'full'}"]))
 
     restore = interrupt_in_epoch(monkeypatch, 3)
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        run(compose_cfg([*FOUR, f"output_dir={cut}"]))
+        run(compose_cfg([*args, f"output_dir={cut}"]))
     assert json.loads((cut / "metrics.json").read_text())["status"] == "interrupted"
     assert len((cut / "history.csv").read_text().splitlines()) == 1 + 2
     assert torch.load(cut / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
     assert "trainer.resume=auto" in (cut / "train.log").read_text()
 
     restore()
-    resumed = run(compose_cfg([*FOUR, f"output_dir={cut}", "trainer.resume=auto"]))
+    resumed = run(compose_cfg([*args, f"output_dir={cut}", "trainer.resume=auto"]))
     assert {k: resumed[k] for k in TEST_KEYS} == {k: full[k] for k in TEST_KEYS}
     assert history_without_time(cut / "history.csv") == history_without_time(tmp_path / "full" / "history.csv")
     last = torch.load(cut / "checkpoints" / "last.pt", weights_only=False)

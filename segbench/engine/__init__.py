@@ -1,13 +1,15 @@
 """The training engine: the loop (fit / evaluate / predict), its callbacks, device and precision
 resolution, learning-rate schedules and input normalisation."""
-from .callbacks import BestTracker, Callback, Checkpointer, EpochLogger, HistoryWriter, ProgressBar
+from .callbacks import (
+    EMA, BestTracker, Callback, Checkpointer, EarlyStopping, EpochLogger, GradClip, HistoryWriter, ProgressBar,
+)
 from .device import AUTOCAST_DTYPES, PRECISIONS, autocast, maybe_compile, resolve_device, resolve_precision, resolve_switch
 from .loop import FitSettings, OutOfMemory, Trainer, TrainingDiverged, seed_everything
 from .normalize import Normalizer
 from .schedule import Poly, Schedule, WarmupCosine
 
 __all__ = [
-    "AUTOCAST_DTYPES", "PRECISIONS", "BestTracker", "Callback", "Checkpointer", "EpochLogger", "FitSettings",
+    "AUTOCAST_DTYPES", "PRECISIONS", "EMA", "EarlyStopping", "GradClip", "BestTracker", "Callback", "Checkpointer", "EpochLogger", "FitSettings",
     "HistoryWriter", "Normalizer", "OutOfMemory", "Poly", "ProgressBar", "Schedule", "Trainer", "TrainingDiverged",
     "WarmupCosine", "autocast", "seed_everything", "maybe_compile", "resolve_device", "resolve_precision", "resolve_switch",
 ]

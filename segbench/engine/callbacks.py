@@ -13,9 +13,12 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..rundir import RunDir
+from ..validation import check_int, check_number
 
 if TYPE_CHECKING:
     from .loop import Trainer
@@ -26,9 +29,15 @@ log = logging.getLogger("segbench.train")
 class Callback:
     """Hooks of the training loop; every one does nothing unless overridden."""
 
+    def setup(self, trainer: "Trainer") -> None:
+        """When the trainer is made (before a resume restores any state)."""
+
     def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None: ...
 
     def on_train_epoch_start(self, trainer: "Trainer", epoch: int, batches: int) -> None: ...
+
+    def on_before_optimizer_step(self, trainer: "Trainer") -> None:
+        """After the backward pass, before the optimizer steps (gradients are scaled under fp16)."""
 
     def on_train_batch_end(self, trainer: "Trainer", batch: int, running_loss: Callable[[], float]) -> None:
         """After each optimizer step; ``running_loss()`` reads the epoch's mean loss so far (a host sync)."""
@@ -66,6 +75,78 @@ class BestTracker(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.value = state["epoch"], state["value"]
+
+
+class GradClip(Callback):
+    """Clips the gradient norm of all parameters to ``max_norm`` before every optimizer step
+    (unscaled first under fp16, so the norm is the true one)."""
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = check_number("trainer.grad_clip", max_norm, 0, low_open=True)
+
+    def on_before_optimizer_step(self, trainer: "Trainer") -> None:
+        trainer.scaler.unscale_(trainer.optimizer)
+        torch.nn.utils.clip_grad_norm_(trainer.module.parameters(), self.max_norm)
+
+
+class EMA(Callback):
+    """An exponential moving average of the weights (and BatchNorm statistics), updated after every
+    optimizer step: w_ema <- decay * w_ema + (1 - decay) * w (the first step copies w).
+
+    The averaged weights are the ones validated, chosen as best, tested and saved as a checkpoint's
+    ``model``; the trained weights go into ``train_model``, so a resume continues both exactly.
+    Uses ``torch.optim.swa_utils.AveragedModel``.
+    """
+
+    def __init__(self, decay: float) -> None:
+        self.decay = check_number("trainer.ema", decay, 0, 1, low_open=True, high_open=True)
+        self.averaged: AveragedModel | None = None
+
+    def setup(self, trainer: "Trainer") -> None:
+        self.averaged = AveragedModel(trainer.module, multi_avg_fn=get_ema_multi_avg_fn(self.decay),
+                                      use_buffers=True)
+        self.averaged.eval()
+        trainer.averaged = self.averaged.module
+
+    def on_train_batch_end(self, trainer: "Trainer", batch: int, running_loss: Callable[[], float]) -> None:
+        self.averaged.update_parameters(trainer.module)
+
+    def state_dict(self) -> dict:
+        return {"n_averaged": int(self.averaged.n_averaged)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.averaged.n_averaged.fill_(state["n_averaged"])
+
+
+class EarlyStopping(Callback):
+    """Stops training when ``monitor`` (val IoU) has not improved by more than ``min_delta`` for
+    ``patience`` epochs; ``stopped_epoch`` is the last epoch trained (None when it did not stop)."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0, monitor: str = "val/iou") -> None:
+        self.patience = check_int("trainer.early_stop.patience", patience, low=1)
+        self.min_delta = check_number("trainer.early_stop.min_delta", min_delta, 0)
+        self.monitor = monitor
+        self.best, self.wait, self.stopped_epoch = -math.inf, 0, None
+
+    def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None:
+        trainer.stop_requested = self.stopped_epoch is not None  # a resumed run that had already stopped
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+        if row[self.monitor] > self.best + self.min_delta:
+            self.best, self.wait = row[self.monitor], 0
+        else:
+            self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = int(row["epoch"])
+            trainer.stop_requested = True
+            log.info("early stopping after epoch %d: %s has not improved by more than %g for %d epochs",
+                     self.stopped_epoch, self.monitor, self.min_delta, self.patience)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]
 
 
 class HistoryWriter(Callback):
@@ -130,6 +211,9 @@ class ProgressBar(Callback):
 
     def on_train_epoch_start(self, trainer: "Trainer", epoch: int, batches: int) -> None:
         self.batches = tqdm(total=batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+
+    def on_before_optimizer_step(self, trainer: "Trainer") -> None:
+        """After the backward pass, before the optimizer steps (gradients are scaled under fp16)."""
 
     def on_train_batch_end(self, trainer: "Trainer", batch: int, running_loss: Callable[[], float]) -> None:
         self.batches.update()

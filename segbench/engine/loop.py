@@ -85,6 +85,8 @@ class Trainer:
         device: where the model and the data live.
         schedule: the learning-rate scheduler and when it steps (per batch or per epoch), or None.
         callbacks: called at fit, epoch and batch boundaries, in order.
+        augment: (images (B, 3, H, W) float in [0, 1], masks (B, 1, H, W) float) -> the same, augmented;
+            applied to training batches only (:mod:`segbench.augment`), or None.
     """
 
     def __init__(
@@ -96,13 +98,14 @@ class Trainer:
         device: torch.device,
         schedule: Schedule | None = None,
         callbacks: Sequence[Callback] = (),
+        augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self.settings, self.device = settings, device
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.module = model.to(device, memory_format=self.memory_format)  # the eager module: checkpoints
         self.model = maybe_compile(self.module) if settings.compile else self.module  # what runs the batches
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
-        self.loss_fn, self.optimizer, self.schedule = loss_fn, optimizer, schedule
+        self.loss_fn, self.optimizer, self.schedule, self.augment = loss_fn, optimizer, schedule, augment
         self.callbacks = list(callbacks)
         self.eval_batch_size = settings.eval_batch_size  # halved on out-of-memory
         self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
@@ -110,6 +113,9 @@ class Trainer:
         self.history: list[dict] = []
         self.train_time, self.train_images = 0.0, 0
         self.stop_requested = False  # a callback (early stopping) may end training after an epoch
+        # weights that validation, testing and checkpoints use instead of the trained ones (EMA sets them)
+        self.averaged: nn.Module | None = None
+        self._call("setup")
 
     def callback(self, kind: type) -> Any:
         """The first callback of class ``kind``, or None."""
@@ -123,8 +129,10 @@ class Trainer:
     def state(self, epoch: int) -> dict:
         """Everything needed to continue exactly after ``epoch``: weights, optimiser, scheduler, RNGs,
         history and the callbacks' own state."""
+        averaged = {"train_model": self.module.state_dict()} if self.averaged is not None else {}
         return {
-            "model": self.module.state_dict(),
+            "model": self.eval_module.state_dict(),  # the weights that were validated (EMA ones, with EMA)
+            **averaged,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "scheduler": self.schedule.state_dict() if self.schedule is not None else None,
@@ -146,7 +154,9 @@ class Trainer:
     def load_state(self, state: dict) -> int:
         """Restore a state saved by :meth:`state` (read with every tensor on the CPU); returns the epoch
         to continue from."""
-        self.module.load_state_dict(state["model"])
+        if "train_model" in state:  # "model" holds averaged weights
+            self.module.load_state_dict(state["train_model"])
+        self.eval_module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if self.schedule is not None and state["scheduler"] is not None:
@@ -168,12 +178,19 @@ class Trainer:
         return state["epoch"] + 1
 
     def load_weights(self, state: dict) -> None:
-        """Model weights from a checkpoint (e.g. best.pt), for testing or predicting."""
-        self.module.load_state_dict(state["model"])
+        """The evaluated weights of a checkpoint (e.g. best.pt), for testing or predicting."""
+        self.eval_module.load_state_dict(state["model"])
+
+    @property
+    def eval_module(self) -> nn.Module:
+        """The module that validation and testing run: the averaged one with EMA, else the trained one."""
+        return self.averaged if self.averaged is not None else self.module
 
     # -- fitting -----------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, evaluating: bool = False) -> torch.Tensor:
         """The model's logits; a compiled model whose backend fails falls back to the eager module."""
+        if evaluating and self.averaged is not None:
+            return self.averaged(x)
         if self.model is self.module:
             return self.model(x)
         try:
@@ -190,8 +207,12 @@ class Trainer:
         return self.normalizer(images).contiguous(memory_format=self.memory_format)
 
     def prepare_batch(self, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training batch ``idx`` gathered from the split on the device: normalised inputs, float masks."""
-        return self.inputs(images[idx]), masks[idx].float()
+        """The training batch ``idx`` gathered from the split on the device, augmented (when the trainer
+        has an augmentation) and normalised: float inputs in the model's memory format, float masks."""
+        x, y = images[idx].float() / 255, masks[idx].float()  # (B, 3, H, W) in [0, 1], (B, 1, H, W)
+        if self.augment is not None:
+            x, y = self.augment(x, y)
+        return self.normalizer.scaled(x).contiguous(memory_format=self.memory_format), y
 
     def fit(self, train: SegArrays, val: SegArrays, start_epoch: int = 1) -> list[dict]:
         """Train epochs ``start_epoch..epochs``, validating on ``val`` after each. After :meth:`load_state`,
@@ -223,7 +244,7 @@ class Trainer:
             raise out_of_memory(exc, f"training epoch {epoch}", self.settings.batch_size, "trainer.batch_size") from None
         self.train_time += time.perf_counter() - start
         self.train_images += images.shape[0]
-        val_stats = self.evaluate(val)
+        val_stats = self.evaluate(val)  # with the averaged weights, when EMA keeps them
         row = {
             "epoch": epoch,
             "lr": lr,
@@ -260,6 +281,7 @@ class Trainer:
                 loss = self.loss_fn(logits, y)  # losses compute in float32 from (possibly bf16/fp16) logits
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            self._call("on_before_optimizer_step")
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.schedule is not None:
@@ -309,20 +331,22 @@ class Trainer:
     @torch.inference_mode()
     def _predict(self, data: SegArrays) -> torch.Tensor:
         self.model.eval()
+        self.eval_module.eval()
         out = []
         for x, _ in self._batches(data):
             with autocast(self.device, self.settings.precision):
-                out.append(self.forward(x).float().cpu())
+                out.append(self.forward(x, evaluating=True).float().cpu())
         return torch.cat(out)
 
     @torch.inference_mode()
     def _evaluate(self, data: SegArrays) -> dict[str, float]:
         self.model.eval()
+        self.eval_module.eval()
         totals: dict[str, torch.Tensor] = {}
         loss_sum = torch.zeros((), device=self.device)
         for x, y in self._batches(data):
             with autocast(self.device, self.settings.precision):
-                logits = self.forward(x)
+                logits = self.forward(x, evaluating=True)
                 loss_sum += self.loss_fn(logits, y) * y.shape[0]
             for k, v in image_metrics(logits, y, self.settings.threshold).items():
                 totals[k] = totals.get(k, 0) + v.sum()

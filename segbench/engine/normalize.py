@@ -17,8 +17,13 @@ class Normalizer:
         return cls(x.mean(1).tolist(), x.std(1).clamp(min=1e-6).tolist())
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.device not in self._tensors:
-            self._tensors[images.device] = tuple(
-                torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
-        mean, std = self._tensors[images.device]
-        return (images.float() / 255 - mean) / std
+        """uint8 (B, 3, H, W) in 0..255 -> normalised float."""
+        return self.scaled(images.float() / 255)
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, H, W) in [0, 1] (an augmented batch) -> normalised float."""
+        if x.device not in self._tensors:
+            self._tensors[x.device] = tuple(
+                torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        mean, std = self._tensors[x.device]
+        return (x - mean) / std
