@@ -10,7 +10,8 @@ In one process, with the same model, data and number of optimizer steps, it time
       on CUDA: bf16 or fp16, channels-last, fused Adam, cudnn.benchmark);
   (c) forward/backward/step on one fixed, already-normalised batch with (b)'s
       settings (the ceiling);
-and prints images/s of each, b/a and b/c, the trainer's own per-batch work, the
+  (d) (b) with the ``--augment`` preset (default ``standard``) applied to every batch;
+and prints images/s of each, b/a, b/c and the cost of the augmentation, the trainer's own per-batch work, the
 time a checkpoint of the model costs the training loop, and the cold vs cached
 load time of the dataset. Each loop is built once, warmed up (compilation,
 autotuning), then timed in interleaved rounds.
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .build import optimizer_options
+from .build import build_augment, optimizer_options
+from .config import compose_config
 from .data import PH2, SegArrays, SyntheticDermoscopy
 from .engine import (
     PRECISIONS, FitSettings, Normalizer, Trainer, autocast, maybe_compile, resolve_device, resolve_precision,
@@ -110,10 +112,12 @@ def _settings(args) -> FitSettings:
                        precision=args.precision, channels_last=args.channels_last, compile=args.compile)
 
 
-def trainer_loop(train: SegArrays, args, device: torch.device) -> Loop:
-    """(b) segbench's Trainer epochs, set up as a run on ``device`` sets it up (no validation or checkpoints)."""
+def trainer_loop(train: SegArrays, args, device: torch.device, augment: str = "none") -> Loop:
+    """(b) segbench's Trainer epochs, set up as a run on ``device`` sets it up (no validation or checkpoints);
+    (d) the same with the ``augment`` preset of conf/augment/ applied to every batch."""
     model = _model(args, device)
-    trainer = Trainer(model, BCELoss(), _adam(model, device), _settings(args), device)
+    augmentation = build_augment(compose_config([f"augment={augment}"]).augment)
+    trainer = Trainer(model, BCELoss(), _adam(model, device), _settings(args), device, augment=augmentation)
     trainer.normalizer = Normalizer.fit(train.images)
     images, masks = train.images.to(device), train.masks.to(device)
 
@@ -248,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", default="auto", choices=SWITCHES, help="(b) and (c), as trainer.channels_last")
     parser.add_argument("--compile", default="false", choices=SWITCHES, help="(b) and (c), as trainer.compile")
     parser.add_argument("--load-size", type=int, default=256, help="image side for the PH2 load timing (default 256)")
+    parser.add_argument("--augment", default="standard", help="augment preset timed in (d) (default standard)")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -273,21 +278,25 @@ def main(argv: list[str] | None = None) -> None:
           f"channels_last {args.channels_last}, {'fused ' if fused else ''}Adam, compile {args.compile}"
           + (", cudnn.benchmark on" if device.type == "cuda" else ""))
     loops = {"a": reference_loop(train, args, device), "b": trainer_loop(train, args, device),
-             "c": ceiling_loop(train, args, device, batches_per_epoch)}
+             "c": ceiling_loop(train, args, device, batches_per_epoch),
+             "d": trainer_loop(train, args, device, args.augment)}
     times = _interleaved(loops, args)
     # (c) runs full batches only; count the images it processed
-    images = {"a": args.epochs * len(train), "b": args.epochs * len(train), "c": steps * args.batch_size}
+    images = {"a": args.epochs * len(train), "b": args.epochs * len(train), "c": steps * args.batch_size,
+              "d": args.epochs * len(train)}
     rates = {k: np.array([images[k] / t for t in v]) for k, v in times.items()}
     print()
     print("| loop | images/s (median) | range over rounds |")
     print("|---|---|---|")
     for key, label in (("a", "(a) reference notebook loop"), ("b", "(b) segbench trainer"),
-                       ("c", "(c) ceiling: fixed batch")):
+                       ("c", "(c) ceiling: fixed batch"), ("d", f"(d) segbench trainer, augment={args.augment}")):
         print(f"| {label} | {np.median(rates[key]):.1f} | {rates[key].min():.1f} - {rates[key].max():.1f} |")
     print()
-    for num, den in (("b", "a"), ("b", "c")):
+    for num, den in (("b", "a"), ("b", "c"), ("d", "b")):
         ratio = rates[num] / rates[den]
         print(f"{num}/{den} = {np.median(ratio):.3f}   (per round: {' '.join(f'{x:.3f}' for x in ratio)})")
+    cost = np.median(rates["b"] / rates["d"]) - 1
+    print(f"augment={args.augment} costs {100 * cost:.1f} % of the trainer's step (median over rounds of b/d - 1)")
     step = args.batch_size / np.median(rates["c"])
     overhead = trainer_overhead(train, args, device)
     print(f"the trainer's own work per batch (gather, normalise, IoU): {overhead * 1e3:.2f} ms = "

@@ -70,6 +70,24 @@ def test_known_transforms_land_where_expected():
     assert torch.equal(out_mask, masks) and not torch.equal(out_img, images)  # photometric: the image only
 
 
+def test_hue_rotation_keeps_luma_and_is_the_identity_at_zero():
+    from segbench.augment import RandomHueRotation
+
+    images, masks = square_batch()
+    images = torch.rand_like(images) * 0.5 + 0.25  # away from the clipping edges
+    assert torch.allclose(RandomHueRotation(0.0, p=1.0)(images), images, atol=1e-6)
+    torch.manual_seed(0)
+    shifted = Augment([RandomHueRotation(0.2, p=1.0)])(images, masks)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    torch.testing.assert_close((shifted[0] * luma).sum(1), (images * luma).sum(1), atol=1e-5, rtol=0)
+    assert not torch.allclose(shifted[0], images) and torch.equal(shifted[1], masks)
+    # a half turn maps a colour to its opposite through grey: chroma (I, Q) negated
+    half = RandomHueRotation(0.5, p=1.0).apply_transform(images, {"hue_factor": torch.full((2,), 0.5)}, {})
+    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    a, b = (torch.einsum("ij,bjhw->bihw", yiq, t) for t in (images, half))
+    torch.testing.assert_close(b[:, 1:], -a[:, 1:], atol=1e-5, rtol=0)
+
+
 def test_augment_rejects_a_non_module():
     with pytest.raises(TypeError, match=r"augment.ops\[0\] is dict"):
         Augment([{"p": 0.5}])

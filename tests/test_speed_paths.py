@@ -109,7 +109,8 @@ def test_bench_command_prints_the_table(capsys):
                 "--epochs", "1", "--rounds", "1", "--warmup", "0", "--ph2-root", ""])
     out = capsys.readouterr().out
     for line in ("(a) reference notebook loop", "(b) segbench trainer", "(c) ceiling: fixed batch", "b/a = ", "b/c = ",
-                 "checkpoint (model + Adam state", "no PH2 root"):
+                 "(d) segbench trainer, augment=standard", "augment=standard costs", "checkpoint (model + Adam state",
+                 "no PH2 root"):
         assert line in out
     assert "precision fp32, channels_last False, Adam, compile False" in out  # a CPU run's settings
 
