@@ -23,7 +23,7 @@ from .rundir import RunDir  # noqa: E402
 log = logging.getLogger(__name__)
 
 SCORES = ["test/iou", "test/dice", "test/iou_score"]
-NUMBERS = [*SCORES, "best_epoch", "params", "train_time_s", "images_per_s"]
+NUMBERS = [*SCORES, "test/hd95", "best_epoch", "params", "train_time_s", "images_per_s"]
 COLUMN_KEYS = ("model", "loss", "seed")  # overrides shown in their own columns (seeds are aggregated)
 
 
@@ -104,8 +104,9 @@ def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, comm
         "",
         f"Overrides shared by all runs: `{' '.join(common)}`" if common else "No overrides shared by all runs.",
         "",
-        "| rank | model | loss | overrides | test IoU | test Dice | thr. IoU | best epoch | params | train time (s) | images/s | runs | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rank | model | loss | overrides | test IoU | test Dice | thr. IoU | test HD95 (px) | best epoch | params "
+        "| train time (s) | images/s | runs | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(table, 1):
         sd = (lambda k: r[f"{k}_std"]) if r["done"] > 1 else (lambda k: None)
@@ -114,7 +115,7 @@ def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, comm
         lines.append(
             f"| {i} | {r['model']} | {r['loss']} | {r['overrides'] or '-'} | {_fmt(r['test/iou'], sd('test/iou'))} "
             f"| {_fmt(r['test/dice'], sd('test/dice'))} | {_fmt(r['test/iou_score'], sd('test/iou_score'))} "
-            f"| {_fmt(r['best_epoch'], digits=1)} | {params} | {_fmt(r['train_time_s'], digits=1)} "
+            f"| {_fmt(r['test/hd95'], sd('test/hd95'), digits=1)} | {_fmt(r['best_epoch'], digits=1)} | {params} | {_fmt(r['train_time_s'], digits=1)} "
             f"| {_fmt(r['images_per_s'], digits=1)} | {r['runs']} | {status} |"
         )
     failed = [r for r in rows if r["status"] != "done"]

@@ -20,7 +20,8 @@ def model_names(conf_dir: Path = CONF_DIR) -> list[str]:
 
 def summarize(name: str, size: int, base_width: int | None, in_channels: int = 3) -> dict:
     """Params, forward GFLOPs for one (1, in_channels, size, size) image, and output shape."""
-    overrides = [f"model={name}"] + ([f"model.base_width={base_width}"] if base_width else [])
+    # experiment=none: each model config as it stands (an experiment may set model.base_width)
+    overrides = ["experiment=none", f"model={name}"] + ([f"model.base_width={base_width}"] if base_width else [])
     cfg = compose_config(overrides)
     model = build(cfg.model, "model").eval()
     x = torch.zeros(1, in_channels, size, size)

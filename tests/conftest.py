@@ -11,8 +11,10 @@ from segbench.config import CONF_DIR, compose_config
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
 
-# A tiny synthetic run: seconds on a CPU.
+# A tiny synthetic run: seconds on a CPU. On the base config (experiment=none: no augmentation, fixed
+# threshold, ...), so that each test switches on only what it tests; test_configs.py runs the default recipe.
 TINY = [
+    "experiment=none",
     "dataset=synthetic",
     "dataset.num_cases=12",          # split 6/3/3 (holdout: half, a quarter, a quarter)
     "dataset.image_size=32",

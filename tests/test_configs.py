@@ -9,16 +9,19 @@ import yaml
 
 from segbench.build import build_schedule
 from segbench.splits import Split
-from tests.conftest import CONF, compose_cfg, run_cli
+from tests.conftest import CONF, TINY, compose_cfg, run_cli
 
 COMPONENT_GROUPS = ("model", "loss", "optimizer", "scheduler", "dataset", "split")
 GROUP_FILES = sorted((g, p.stem) for g in COMPONENT_GROUPS for p in (CONF / g).glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
+@pytest.mark.parametrize("experiment", ["none", "ph2_recipe"])
 @pytest.mark.parametrize("group, name", GROUP_FILES, ids=[f"{g}={n}" for g, n in GROUP_FILES])
-def test_config_file_instantiates(group, name, tmp_path):
-    cfg = compose_cfg([f"{group}={name}", "model.base_width=4", f"cache_dir={tmp_path}"])
+def test_config_file_instantiates(group, name, experiment, tmp_path):
+    """Every option of every group builds, on the base config and under the default recipe (a recipe
+    must not set keys that another option of a group lacks)."""
+    cfg = compose_cfg([f"experiment={experiment}", f"{group}={name}", "model.base_width=4", f"cache_dir={tmp_path}"])
     model = instantiate(cfg.model)
     if group == "scheduler":  # scheduler=none builds nothing
         optimizer = instantiate(cfg.optimizer)(params=model.parameters())
@@ -43,8 +46,31 @@ def test_config_file_instantiates(group, name, tmp_path):
     assert obj is not None
 
 
-def test_defaults_follow_seed_study():
+def test_default_is_the_gpu_recipe():
     cfg = compose_cfg()
+    assert cfg.optimizer._target_ == "torch.optim.AdamW" and cfg.scheduler._target_.endswith("WarmupCosine")
+    assert cfg.loss._target_.endswith("ComboLoss") and cfg.augment.ops and cfg.trainer.ema
+    assert cfg.dataset.image_size == 256 and cfg.model.base_width == 64
+    assert (cfg.eval.threshold, cfg.eval.resolution, cfg.eval.tta, cfg.eval.postprocess) == \
+        ("auto", "original", "d4", "largest")
+    assert compose_cfg(["loss=dice"]).loss._target_.endswith("DiceLoss")  # the command line still wins
+
+
+def test_cpu_recipe_runs_on_tiny_data(tmp_path):
+    """The CPU recipe's every part together (augmentation, EMA, cosine per step, TTA, post-processing,
+    auto threshold, original resolution), shrunk to seconds."""
+    from segbench.train import run
+
+    cfg = compose_cfg(["experiment=ph2_recipe_cpu", *[o for o in TINY if o != "experiment=none"],
+                       "dataset.image_size=32", "model.base_width=4", "scheduler.warmup=2", f"output_dir={tmp_path}"])
+    metrics = run(cfg)
+    assert metrics["status"] == "done" and metrics["definitions"]["tta"].startswith("mean logits of the 8")
+    assert (tmp_path / "augmentations.png").is_file() and "train_model" in torch.load(
+        tmp_path / "checkpoints" / "last.pt", weights_only=False)
+
+
+def test_base_follows_seed_study():
+    cfg = compose_cfg(["experiment=none"])
     choices = [Path(cfg[g]._target_).suffix for g in ("model", "loss")]
     assert choices == [".UNet", ".BCELoss"]
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4

@@ -53,8 +53,8 @@ class Schedule:
 
 
 class WarmupCosine(LambdaLR):
-    """Linear warm-up from ``warmup_start`` x lr to lr over ``warmup`` steps, then cosine decay to
-    ``min_lr_ratio`` x lr at ``total_steps``.
+    """Linear warm-up from ``warmup_start`` x lr to lr over ``warmup`` steps (at most ``total_steps``),
+    then cosine decay to ``min_lr_ratio`` x lr at ``total_steps``.
 
     lr(t) = lr * (s + (1 - s) t / W)                               for t < W (s = warmup_start)
     lr(t) = lr * (m + (1 - m) (1 + cos(pi (t - W) / (T - W))) / 2)   for W <= t <= T (m = min_lr_ratio)
@@ -65,7 +65,7 @@ class WarmupCosine(LambdaLR):
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup: int = 0,
                  warmup_start: float = 0.0, min_lr_ratio: float = 0.0, last_epoch: int = -1) -> None:
         self.total_steps = check_int("total_steps", total_steps, low=1)
-        self.warmup = check_int("warmup", warmup, low=0, high=self.total_steps)
+        self.warmup = min(check_int("warmup", warmup, low=0), self.total_steps)
         self.warmup_start = check_number("warmup_start", warmup_start, 0, 1)
         self.min_lr_ratio = check_number("min_lr_ratio", min_lr_ratio, 0, 1)
         super().__init__(optimizer, lambda t: self.factor(t), last_epoch)
