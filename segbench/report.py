@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from . import report_stats  # noqa: E402
 from .config import is_run_setting  # noqa: E402
 from .io import write_csv  # noqa: E402
 from .rundir import RunDir  # noqa: E402
@@ -24,13 +25,15 @@ log = logging.getLogger(__name__)
 
 SCORES = ["test/iou", "test/dice", "test/iou_score"]
 NUMBERS = [*SCORES, "test/hd95", "best_epoch", "params", "train_time_s", "images_per_s"]
-COLUMN_KEYS = ("model", "loss", "seed")  # overrides shown in their own columns (seeds are aggregated)
+# overrides shown in their own columns, or aggregated over (seeds, and the folds of a cross-validation)
+COLUMN_KEYS = ("model", "loss", "seed", "split.fold")
 
 
 def load_run(run_dir: RunDir) -> dict:
     """One run as a flat row: names, the overrides that define its configuration, status, metrics, history."""
     choices = run_dir.read_choices()
     metrics = run_dir.read_metrics()
+    split = run_dir.read_split()
     other = sorted(o for o in run_dir.read_overrides()
                    if not is_run_setting(o.split("=", 1)[0]) and o.split("=", 1)[0].lstrip("+~") not in COLUMN_KEYS)
     row = {
@@ -41,8 +44,10 @@ def load_run(run_dir: RunDir) -> dict:
         "seed": run_dir.read_config().get("seed"),
         "status": run_dir.status(),
         "error": metrics.get("error", ""),
-        "split": metrics.get("split_digest") or run_dir.read_split().get("digest", ""),
+        "split": metrics.get("split_digest") or split.get("digest", ""),
+        "family": report_stats.split_family(split) if split else None,
         "history": run_dir.read_history(),
+        "per_image": run_dir.read_per_image() if metrics.get("status") == "done" else [],
     }
     row.update({k: metrics.get(k, math.nan) for k in NUMBERS})
     return row
@@ -98,7 +103,7 @@ def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, comm
         f"Done: {sum(r['status'] == 'done' for r in rows)}, failed: {sum(r['status'] == 'failed' for r in rows)}, "
         f"other: {sum(r['status'] not in ('done', 'failed') for r in rows)}. "
         "Ranked by mean test IoU (per-image mean of the best checkpoint)"
-        + (", mean ± std over seeds." if seeds else "."),
+        + (", mean ± std over seeds and folds." if seeds else "."),
         "",
         split_note,
         "",
@@ -122,7 +127,7 @@ def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, comm
     if failed:
         lines += ["", "## Runs that did not finish", ""]
         lines += [f"- `{r['run'].name}` ({r['status']}): {r['error'] or 'no metrics.json'}" for r in failed]
-    lines += ["", "Plots: `val_iou_curves.png`, `val_loss_curves.png`, `test_scores.png`, `heatmap_test_iou.png`.", ""]
+    lines += ["", "Plots: `val_iou_curves.png`, `val_loss_curves.png`, `test_scores.png`, `heatmap_test_iou.png`.", "", ""]
     return "\n".join(lines)
 
 
@@ -209,26 +214,82 @@ def _heatmap(table: Sequence[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def build_report(run_dirs: Sequence[RunDir], out_dir: Path) -> dict:
-    """Write summary.csv, runs.csv, summary.md and the plots into ``out_dir``; returns counts."""
+def parse_baseline(text: str | None) -> dict[str, str] | None:
+    """``"model=unet,loss=bce"`` -> {"model": "unet", "loss": "bce"}; a ValueError names what is wrong."""
+    if not text:
+        return None
+    items = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    if not items or any(len(item) != 2 or not item[0].strip() for item in items):
+        raise ValueError(f"--baseline {text!r} is invalid; expected key=value pairs joined by commas, "
+                         "e.g. 'model=unet,loss=bce'")
+    return {k.strip(): v.strip() for k, v in items}
+
+
+def _baseline_key(table: Sequence[dict], wanted: dict[str, str]) -> tuple | None:
+    """The configuration key (model, loss, overrides) that matches every key=value of ``wanted``."""
+    for r in table:
+        have = {"model": r["model"], "loss": r["loss"],
+                **dict(o.split("=", 1) for o in r["overrides"].split(",") if "=" in o)}
+        if all(have.get(k) == v for k, v in wanted.items()):
+            return (r["model"], r["loss"], r["overrides"])
+    return None
+
+
+def _split_note(rows: Sequence[dict]) -> str:
+    families = sorted({r["family"] for r in rows if r["family"]}, key=str)
+    if not families:
+        return "No split recorded."
+    if len(families) == 1:
+        family = families[0]
+        if family[0] == "kfold":
+            folds = len({r["split"] for r in rows if r["family"] == family})
+            return f"All runs use one {report_stats.describe_family(family)} ({folds} folds run)."
+        return f"All runs use the same split (digest {family[1]})."
+    return (f"**Warning: the runs do not share one split definition** ({len(families)}: "
+            f"{'; '.join(report_stats.describe_family(f) for f in families)}); only runs with the same one are "
+            "compared below, and their test scores in the table above are not comparable.")
+
+
+def build_report(run_dirs: Sequence[RunDir], out_dir: Path, metric: str = "iou", baseline: str | None = None) -> dict:
+    """Write summary.csv, runs.csv, summary.md and the plots into ``out_dir``; returns counts.
+
+    ``metric`` (iou, dice or hd95) is the one the statistics compare; ``baseline`` (``"model=unet,loss=bce"``)
+    the configuration they compare with (default: the best by mean)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = parse_baseline(baseline)
     rows = [load_run(d) for d in run_dirs]
     common = split_common_overrides(rows)
     table = aggregate(rows)
     splits = sorted({r["split"] for r in rows if r["split"]})
-    if len(splits) > 1:
-        split_note = (f"**Warning: the runs do not share one split** ({len(splits)} different split digests: "
-                      f"{', '.join(splits)}); their test scores are not comparable.")
-    else:
-        split_note = f"All runs use the same split (digest {splits[0]})." if splits else "No split recorded."
+    split_note = _split_note(rows)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["loss"], r["overrides"]), []).append(r)
+    pooled = [report_stats.pool(key, runs) for key, runs in groups.items()]
+    key = _baseline_key(table, wanted) if wanted else None
+    result = report_stats.statistics(pooled, metric, key if wanted else None)
+    if wanted and key is None:
+        result["notes"].insert(0, f"--baseline {baseline}: no configuration of these runs matches it")
+    by_key = {r["config"].key: r for r in result["rows"]}
+    for r in table:
+        s = by_key[(r["model"], r["loss"], r["overrides"])]
+        r.update({f"pooled_{metric}": s["mean"], f"pooled_{metric}_ci_low": s["ci_low"],
+                  f"pooled_{metric}_ci_high": s["ci_high"], "cases": s["cases"], "difference": s["difference"],
+                  "difference_ci_low": s["diff_ci_low"], "difference_ci_high": s["diff_ci_high"],
+                  "p_wilcoxon": s["p"], "p_holm": s["p_holm"], "distinguishable": s["distinguishable"]})
     columns = ["model", "loss", "overrides", "runs", "done", "failed", "status", "seeds"]
-    columns += [c for k in NUMBERS for c in (k, f"{k}_std")] + ["errors"]
+    columns += [c for k in NUMBERS for c in (k, f"{k}_std")]
+    columns += [f"pooled_{metric}", f"pooled_{metric}_ci_low", f"pooled_{metric}_ci_high", "cases", "difference",
+                "difference_ci_low", "difference_ci_high", "p_wilcoxon", "p_holm", "distinguishable", "errors"]
     write_csv(out_dir / "summary.csv", table, columns)
     run_columns = ["run", "model", "loss", "overrides", "seed", "status", *NUMBERS, "split", "error"]
     write_csv(out_dir / "runs.csv", [{**r, "run": str(r["run"])} for r in rows],
               run_columns)  # the history is not written
-    (out_dir / "summary.md").write_text(_markdown(table, rows, split_note, common))
+    markdown = _markdown(table, rows, split_note, common) + "\n".join(report_stats.markdown(result, metric))
+    (out_dir / "summary.md").write_text(markdown)
+    report_stats.plot_per_image(pooled, metric, out_dir / f"per_image_{metric}.png")
+    report_stats.plot_pairwise(*report_stats.pairwise(pooled, metric), metric, out_dir / f"pairwise_{metric}.png")
     _curves(rows, "val/iou", "val IoU", out_dir / "val_iou_curves.png")
     _curves(rows, "val/loss", "val loss", out_dir / "val_loss_curves.png")
     _bars(table, out_dir / "test_scores.png")

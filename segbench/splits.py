@@ -113,3 +113,63 @@ class Holdout(Split):
             "stratified_by": None if groups is None else (group_key or "group"),
             "digest": split_digest(parts),
         }
+
+
+class KFold(Split):
+    """Fold ``fold`` of a ``k``-fold cross-validation, stratified by the dataset's groups.
+
+    The cases are put in one seeded, stratified order (:func:`interleave_by_group`) and cut into
+    ``k`` contiguous parts: part ``fold`` is the test set, so every case is a test case in exactly
+    one fold and each part holds the groups in the dataset's proportions (within one case). Val is
+    the first ``val_size`` cases of the rest in the same order (stratified too), train the remainder.
+
+    Args:
+        k: number of folds (>= 2).
+        fold: which one, 0..k-1.
+        val_size: val cases; null = as many as a test part.
+        seed: fixes the order, hence every fold (the same seed gives disjoint test parts).
+    """
+
+    name = "kfold"
+
+    def __init__(self, k: int = 5, fold: int = 0, val_size: int | None = None, seed: int = 0) -> None:
+        self.k = check_int("split.k", k, low=2)
+        self.fold = check_int("split.fold", fold, low=0, high=self.k - 1)
+        self.val_size = None if val_size is None else check_int("split.val_size", val_size, low=1)
+        self.seed = check_int("split.seed", seed)
+
+    def _bounds(self, cases: int) -> tuple[int, int]:
+        return self.fold * cases // self.k, (self.fold + 1) * cases // self.k
+
+    def check(self, cases: int, what: str = "cases in the dataset") -> str | None:
+        if cases < self.k:
+            return f"split.k={self.k} folds need at least {self.k} cases; there are {cases} {what}"
+        start, end = self._bounds(cases)
+        val = self.val_size if self.val_size is not None else end - start
+        if cases - (end - start) - val < 1:
+            return (f"split.val_size={val}: fold {self.fold} leaves {cases - (end - start)} of the {cases} {what} "
+                    "for val and train; train would be empty")
+        return None
+
+    def make(self, ids: Sequence[str], groups: Sequence[str] | None = None, group_order: Sequence[str] = (),
+             group_key: str | None = None) -> dict:
+        problem = self.check(len(ids))
+        if problem:
+            raise UserError(problem)
+        order = interleave_by_group(ids, groups, group_order, np.random.default_rng(self.seed))
+        start, end = self._bounds(len(ids))
+        rest = order[:start] + order[end:]
+        val = self.val_size if self.val_size is not None else end - start
+        parts = {"test": [ids[i] for i in order[start:end]], "val": [ids[i] for i in rest[:val]],
+                 "train": [ids[i] for i in rest[val:]]}
+        parts = {name: parts[name] for name in PARTS}
+        return {
+            **parts,
+            "strategy": self.name,
+            "k": self.k,
+            "fold": self.fold,
+            "seed": self.seed,
+            "sizes": [len(parts[p]) for p in PARTS],
+            "stratified_by": None if groups is None else (group_key or "group"),
+            "digest": split_digest(parts),
+        }

@@ -114,3 +114,30 @@ def test_job_names_leave_out_run_settings_unless_swept():
     assert "trainer.device" in excluded and "trainer.epochs" in excluded  # a run setting, a fixed override
     assert "trainer.eval_batch_size" not in excluded and "model" not in excluded  # swept
     assert set(RUN_SETTINGS) - {"trainer.eval_batch_size"} <= set(excluded)
+
+
+def test_kfold_sweep_pools_every_case_with_intervals_and_paired_tests(tmp_path, capsys):
+    """2 configurations x 3 folds: every case is scored once per configuration, the report has the
+    confidence intervals, the paired test and Holm's correction; compare takes --baseline and --metric."""
+    result = run_cli(["-m", *TINY_SWEEP, "split=kfold", "split.k=3", "split.fold=0,1,2", "model=unet,segnet"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = sweep_dir(tmp_path)
+    folds = [json.loads((root / f"model=unet,split.fold={f}" / "split.json").read_text()) for f in range(3)]
+    assert [f["fold"] for f in folds] == [0, 1, 2] and len({f["digest"] for f in folds}) == 3
+    rows = read_summary(root)
+    assert len(rows) == 2 and {r["cases"] for r in rows} == {"12"}  # every one of the 12 cases, pooled
+    for column in ("pooled_iou_ci_low", "pooled_iou_ci_high", "p_wilcoxon", "p_holm", "distinguishable"):
+        assert column in rows[0], column
+    summary = (root / "summary.md").read_text()
+    assert "3-fold cross-validation" in summary and "Wilcoxon signed-rank" in summary and "Holm" in summary
+    assert (root / "per_image_iou.png").is_file() and (root / "pairwise_iou.png").is_file()
+    out = tmp_path / "by_dice"
+    assert compare.main([str(root), "--out", str(out), "--baseline", "model=segnet,loss=bce", "--metric", "dice"]) == 0
+    text = (out / "summary.md").read_text()
+    assert "## Statistics (dice, per image)" in text and "reference **segnet / bce**" in text
+    assert compare.main([str(root), "--out", str(tmp_path / "by_hd95"), "--metric", "hd95"]) == 0
+    assert "Lower HD95 is better" in (tmp_path / "by_hd95" / "summary.md").read_text()
+    with pytest.raises(SystemExit):
+        compare.main([str(root), "--baseline", "unet"])  # not key=value
+    assert "expected key=value pairs" in capsys.readouterr().err
