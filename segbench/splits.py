@@ -50,18 +50,42 @@ def interleave_by_group(ids: Sequence[str], groups: Sequence[str] | None, order:
 
 
 class Split:
-    """Base of every split strategy."""
+    """Base of every split strategy: a seeded, stratified order of the cases (:func:`interleave_by_group`),
+    which :meth:`assign` cuts into train / val / test."""
 
     name = "split"
-
-    def make(self, ids: Sequence[str], groups: Sequence[str] | None = None, group_order: Sequence[str] = (),
-             group_key: str | None = None) -> dict:
-        """What split.json holds: ``train``, ``val``, ``test`` (case ids), settings and ``digest``."""
-        raise NotImplementedError
+    seed = 0
 
     def check(self, cases: int, what: str = "cases in the dataset") -> str | None:
         """Why this split cannot be made from ``cases`` cases (``what`` says which), or None."""
         return None
+
+    def assign(self, order: list[int]) -> dict[str, list[int]]:
+        """Positions (into the case list) of each part, given the seeded stratified order of all cases."""
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """The strategy's own settings, recorded in split.json."""
+        return {}
+
+    def make(self, ids: Sequence[str], groups: Sequence[str] | None = None, group_order: Sequence[str] = (),
+             group_key: str | None = None) -> dict:
+        """What split.json holds: ``train``, ``val``, ``test`` (case ids), settings and ``digest``."""
+        problem = self.check(len(ids))
+        if problem:
+            raise UserError(problem)
+        order = interleave_by_group(ids, groups, group_order, np.random.default_rng(self.seed))
+        positions = self.assign(order)
+        parts = {name: [ids[i] for i in positions[name]] for name in PARTS}
+        return {
+            **parts,
+            "strategy": self.name,
+            **self.settings(),
+            "seed": self.seed,
+            "sizes": [len(parts[name]) for name in PARTS],
+            "stratified_by": None if groups is None else (group_key or "group"),
+            "digest": split_digest(parts),
+        }
 
 
 class Holdout(Split):
@@ -94,25 +118,12 @@ class Holdout(Split):
             return f"split.sizes {sizes}: {cases} {what} are too few for three non-empty parts"
         return None
 
-    def make(self, ids: Sequence[str], groups: Sequence[str] | None = None, group_order: Sequence[str] = (),
-             group_key: str | None = None) -> dict:
-        problem = self.check(len(ids))
-        if problem:
-            raise UserError(problem)
-        sizes = self.sizes_for(len(ids))
-        order = interleave_by_group(ids, groups, group_order, np.random.default_rng(self.seed))
+    def assign(self, order: list[int]) -> dict[str, list[int]]:
         parts, start = {}, 0
-        for name, n in zip(PARTS, sizes):
-            parts[name] = [ids[i] for i in order[start : start + n]]
+        for name, n in zip(PARTS, self.sizes_for(len(order))):
+            parts[name] = order[start : start + n]
             start += n
-        return {
-            **parts,
-            "strategy": self.name,
-            "seed": self.seed,
-            "sizes": sizes,
-            "stratified_by": None if groups is None else (group_key or "group"),
-            "digest": split_digest(parts),
-        }
+        return parts
 
 
 class KFold(Split):
@@ -138,38 +149,24 @@ class KFold(Split):
         self.val_size = None if val_size is None else check_int("split.val_size", val_size, low=1)
         self.seed = check_int("split.seed", seed)
 
-    def _bounds(self, cases: int) -> tuple[int, int]:
-        return self.fold * cases // self.k, (self.fold + 1) * cases // self.k
+    def _bounds(self, cases: int) -> tuple[int, int, int]:
+        """Start and end of the test part in the stratified order, and the val size."""
+        start, end = self.fold * cases // self.k, (self.fold + 1) * cases // self.k
+        return start, end, self.val_size if self.val_size is not None else end - start
 
     def check(self, cases: int, what: str = "cases in the dataset") -> str | None:
         if cases < self.k:
             return f"split.k={self.k} folds need at least {self.k} cases; there are {cases} {what}"
-        start, end = self._bounds(cases)
-        val = self.val_size if self.val_size is not None else end - start
+        start, end, val = self._bounds(cases)
         if cases - (end - start) - val < 1:
             return (f"split.val_size={val}: fold {self.fold} leaves {cases - (end - start)} of the {cases} {what} "
                     "for val and train; train would be empty")
         return None
 
-    def make(self, ids: Sequence[str], groups: Sequence[str] | None = None, group_order: Sequence[str] = (),
-             group_key: str | None = None) -> dict:
-        problem = self.check(len(ids))
-        if problem:
-            raise UserError(problem)
-        order = interleave_by_group(ids, groups, group_order, np.random.default_rng(self.seed))
-        start, end = self._bounds(len(ids))
+    def assign(self, order: list[int]) -> dict[str, list[int]]:
+        start, end, val = self._bounds(len(order))
         rest = order[:start] + order[end:]
-        val = self.val_size if self.val_size is not None else end - start
-        parts = {"test": [ids[i] for i in order[start:end]], "val": [ids[i] for i in rest[:val]],
-                 "train": [ids[i] for i in rest[val:]]}
-        parts = {name: parts[name] for name in PARTS}
-        return {
-            **parts,
-            "strategy": self.name,
-            "k": self.k,
-            "fold": self.fold,
-            "seed": self.seed,
-            "sizes": [len(parts[p]) for p in PARTS],
-            "stratified_by": None if groups is None else (group_key or "group"),
-            "digest": split_digest(parts),
-        }
+        return {"train": rest[val:], "val": rest[:val], "test": order[start:end]}
+
+    def settings(self) -> dict:
+        return {"k": self.k, "fold": self.fold}
