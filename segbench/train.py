@@ -104,7 +104,8 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     # 6. the run directory
     metrics = {
         "status": "done", **result.metrics, "val/iou": best.value, "best_epoch": best.epoch,
-        "epochs": settings.epochs, "stopped_epoch": early.stopped_epoch if early else None, "params": params, "train_time_s": trainer.train_time,
+        "epochs": settings.epochs, "stopped_epoch": early.stopped_epoch if early else None, "params": params,
+        "train_time_s": trainer.train_time,
         "images_per_s": trainer.train_images / trainer.train_time if trainer.train_time > 0 else math.nan,
         "data_load_s": load_time, "total_time_s": time.perf_counter() - start, "device": str(device),
         "precision": precision, **names, "image_size": dataset.image_size, "split_digest": split["digest"],
