@@ -177,7 +177,10 @@ def plot_per_image(configs: Sequence[Pooled], metric: str, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.38 * max(len(shown), 1)))
     data = [list(c.scores[metric].values()) for c in shown]
     if data:
-        ax.boxplot(data, vert=False, widths=0.6, showfliers=False)
+        try:
+            ax.boxplot(data, orientation="horizontal", widths=0.6, showfliers=False)
+        except TypeError:  # matplotlib < 3.10
+            ax.boxplot(data, vert=False, widths=0.6, showfliers=False)
         rng = np.random.default_rng(0)
         for k, values in enumerate(data, 1):
             ax.scatter(values, k + rng.uniform(-0.18, 0.18, len(values)), s=5, alpha=0.5, color="tab:blue")

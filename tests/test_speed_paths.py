@@ -1,6 +1,5 @@
 """The fast paths change speed, never the maths: precision resolution, compile fallback, reference equality."""
 import copy
-import json
 
 import numpy as np
 import pytest
