@@ -28,17 +28,25 @@ from .validation import InvalidValue, check_choice
 SCHEDULE_KEYS = ("interval", "monitor")
 
 
+def _rejected(exc: BaseException, group: str, target: Any) -> UserError | None:
+    """The user-facing error for a component that rejected its arguments (None for any other error):
+    an InvalidValue under the group's key, other ValueError/TypeError prefixed with the group and target."""
+    if isinstance(exc, InvalidValue):
+        return exc.under(group)
+    if isinstance(exc, (ValueError, TypeError)):
+        return UserError(f"{group} ({target}): {exc}")
+    return None
+
+
 def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
     """instantiate() with a user-facing error when the component rejects its arguments."""
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, InvalidValue):
-            raise cause.under(group) from cause
-        if isinstance(cause, (ValueError, TypeError)):
-            raise UserError(f"{group} ({node.get('_target_')}): {cause}") from cause
-        raise
+        error = _rejected(exc.__cause__, group, node.get("_target_"))
+        if error is None:
+            raise
+        raise error from exc.__cause__
 
 
 def optimizer_options(make_optimizer: Callable, optimizer_cfg: Any, device: torch.device) -> dict[str, Any]:
@@ -57,7 +65,7 @@ def build_optimizer(node: DictConfig, params: Iterable[torch.nn.Parameter], devi
     try:
         return make(params=params, **optimizer_options(make, node, device))
     except (ValueError, TypeError) as exc:
-        raise UserError(f"optimizer ({node.get('_target_')}): {exc}") from exc
+        raise _rejected(exc, "optimizer", node.get("_target_")) from exc
 
 
 def build_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int,
@@ -82,10 +90,8 @@ def build_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, ep
     try:
         scheduler = make(optimizer=optimizer, **kwargs)
         return Schedule(scheduler, interval=interval, monitor=settings.get("monitor"))
-    except InvalidValue as exc:
-        raise exc.under("scheduler") from exc
     except (ValueError, TypeError) as exc:
-        raise UserError(f"scheduler ({node.get('_target_')}): {exc}") from exc
+        raise _rejected(exc, "scheduler", node.get("_target_")) from exc
 
 
 def build_augment(node: DictConfig | None) -> Augment | None:
