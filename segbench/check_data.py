@@ -10,7 +10,7 @@ import sys
 from hydra.errors import HydraException
 
 from .build import build
-from .config import compose_config
+from .config import check_missing, compose_config
 from .errors import SegbenchError
 
 
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = compose_config(overrides)
+        check_missing(cfg)
         dataset = build(cfg.dataset, "dataset")
         split = build(cfg.split, "split")
     except (HydraException, SegbenchError) as exc:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 from .validation import InvalidValue, check_choice, check_int, check_number, check_switch, is_number
@@ -61,12 +61,30 @@ def choices(cfg: DictConfig) -> dict[str, str]:
     return {g: str((cfg.get(g) or {}).get("_target_", "")).rsplit(".", 1)[-1] for g in GROUPS}
 
 
+def check_missing(cfg: DictConfig) -> None:
+    """Mandatory keys (``???`` in a YAML, such as ``dataset.root`` of ``dataset=folder``) must be given."""
+    def walk(node: Any, prefix: str) -> list[str]:
+        found = []
+        for key in node:  # is_missing does not resolve interpolations (hydra:... is unset outside a run)
+            if OmegaConf.is_missing(node, key):
+                found.append(f"{prefix}{key}")
+            elif OmegaConf.is_dict(node._get_node(key)):
+                found += walk(node[key], f"{prefix}{key}.")
+        return found
+
+    missing = sorted(walk(cfg, ""))
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be set (the config says ???); give "
+                        f"{' '.join(k + '=...' for k in missing)} on the command line")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check run settings before any work; each error names the key, the value and what is allowed.
 
     Component arguments (model, loss, dataset, split, scheduler) are checked by the components
     themselves when :mod:`segbench.build` creates them, which also happens before training.
     """
+    check_missing(cfg)
     t = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         check_int(f"trainer.{key}", t[key], low=1)

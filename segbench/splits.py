@@ -3,17 +3,19 @@
 A split takes the dataset's case ids and optional groups (PH2: diagnosis) and
 returns what ``split.json`` holds: the ids of each part, the strategy and its
 settings, and a digest of the parts, so that runs can be checked to share one.
-A new strategy (k-fold, a split file) is a new class here plus a YAML in ``conf/split/``.
+A new strategy is a new class here plus a YAML in ``conf/split/``.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .errors import UserError
+from .errors import DataError, UserError
 from .validation import check_int, check_sizes
 
 PARTS = ("train", "val", "test")
@@ -170,3 +172,77 @@ class KFold(Split):
 
     def settings(self) -> dict:
         return {"k": self.k, "fold": self.fold}
+
+
+class FileSplit(Split):
+    """The parts a user's file names: a CSV with columns ``id`` and ``part`` (``train``, ``val`` or
+    ``test``), or a JSON object ``{"train": [ids], "val": [ids], "test": [ids]}`` (a run's split.json is one).
+
+    Every id must be a case of the dataset and in one part only; cases the file does not name are
+    not used. Args: path: the file (relative to the working directory, or absolute).
+    """
+
+    name = "file"
+
+    def __init__(self, path: str) -> None:
+        if path in (None, "", "???"):
+            raise UserError("split.path is not set; expected a CSV (id,part) or JSON file naming each case's part")
+        self.path = Path(str(path)).expanduser()
+
+    def read(self) -> dict[str, list[str]]:
+        """The ids of each part, as the file lists them; a DataError naming the file when malformed."""
+        if not self.path.is_file():
+            raise DataError(f"split.path: '{self.path}' is not a file; expected a CSV (id,part) or JSON split file")
+        try:
+            if self.path.suffix.lower() == ".json":
+                raw = json.loads(self.path.read_text())
+                if not isinstance(raw, dict) or not all(isinstance(raw.get(p), list) for p in PARTS):
+                    raise ValueError('expected an object {"train": [ids], "val": [ids], "test": [ids]}')
+                parts = {p: [str(c) for c in raw[p]] for p in PARTS}
+            else:
+                with open(self.path, newline="") as f:
+                    reader = csv.DictReader(f)
+                    if not reader.fieldnames or not {"id", "part"} <= set(reader.fieldnames):
+                        raise ValueError(f"columns {reader.fieldnames}; expected id,part")
+                    parts = {p: [] for p in PARTS}
+                    for line, row in enumerate(reader, 2):
+                        part = (row["part"] or "").strip()
+                        if part not in parts:
+                            raise ValueError(f"line {line}: part '{part}'; expected one of train, val, test")
+                        parts[part].append(row["id"].strip())
+        except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+            raise DataError(f"split.path: cannot use '{self.path}': {exc}") from exc
+        return parts
+
+    def parts(self) -> dict[str, list[str]]:
+        """:meth:`read`, with every part non-empty."""
+        parts = self.read()
+        empty = [p for p in PARTS if not parts[p]]
+        if empty:
+            raise DataError(f"split.path: '{self.path}' names no {' and no '.join(empty)} case")
+        return parts
+
+    def check(self, cases: int, what: str = "cases in the dataset") -> str | None:
+        try:
+            self.parts()
+        except DataError as exc:
+            return str(exc)
+        return None
+
+    def make(self, ids: Sequence[str], groups: Sequence[str] | None = None, group_order: Sequence[str] = (),
+             group_key: str | None = None) -> dict:
+        parts, known, seen = self.parts(), set(ids), {}
+        for part in PARTS:
+            for case in parts[part]:
+                if case in seen:
+                    raise DataError(f"split.path: case '{case}' is in '{seen[case]}' and in '{part}' in "
+                                    f"'{self.path}'; each case belongs to one part")
+                seen[case] = part
+        unknown = [c for c in seen if c not in known]
+        if unknown:
+            raise DataError(f"split.path: '{self.path}' names {len(unknown)} case(s) the dataset does not have, "
+                            f"e.g. {', '.join(unknown[:3])} (its ids look like {', '.join(sorted(ids)[:2])})")
+        return {
+            **parts, "strategy": self.name, "path": str(self.path), "seed": None,
+            "sizes": [len(parts[p]) for p in PARTS], "stratified_by": None, "digest": split_digest(parts),
+        }

@@ -1,0 +1,224 @@
+"""Any folder of images with masks as a dataset (``dataset=folder``; presets ``isic2018``, ``kvasir_seg``).
+
+Images are matched to masks by file stem: the mask of ``<images>/ISIC_0000000.jpg`` is the file of
+``<masks>`` whose name matches ``mask_pattern`` with ``{stem}`` replaced, e.g.
+``{stem}_segmentation.png`` (ISIC) or ``{stem}.*`` (Kvasir-SEG: the same name in ``masks/``).
+Images and masks may share one folder when the mask pattern tells them apart.
+
+Masks: binary (``num_classes: 1``) as 0/1, 0/255 or bool, or lossy JPEGs thresholded at half range;
+multi-class (``num_classes: C``) as single-channel class-index images (palette PNGs read as
+indices) with values 0..C-1. Groups (to stratify splits and break results down) come from an
+optional CSV with columns ``id`` and ``group``.
+"""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..validation import check_int
+from .arrays import IMAGE_SUFFIXES, Case, cache_key, image_files, load_cases, read_case, read_mask
+from .base import SegArrays, SegDataset
+
+STEM = "{stem}"
+
+
+def _matches(path: Path, pattern: str) -> bool:
+    return fnmatch.fnmatch(path.name.lower(), pattern.lower())
+
+
+def _glob_regex(glob: str) -> str:
+    return "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in glob)
+
+
+def _stem_regex(pattern: str) -> re.Pattern:
+    """A regex matching file names of ``pattern`` whose group ``stem`` is what ``{stem}`` stood for."""
+    before, after = pattern.split(STEM, 1)
+    return re.compile(_glob_regex(before) + "(?P<stem>.+)" + _glob_regex(after), re.IGNORECASE)
+
+
+def _folder(root: Path, sub: str, key: str) -> Path:
+    folder = Path(os.path.expanduser(sub))
+    folder = folder if folder.is_absolute() else root / folder
+    if not folder.is_dir():
+        raise DataError(f"dataset.{key}: '{folder}' does not exist or is not a folder")
+    return folder
+
+
+class Folder(SegDataset):
+    """Images and masks read from folders, preprocessed to ``image_size`` and cached as PH2 is.
+
+    Args:
+        root: the dataset's folder (where its archive unpacks); ``images``, ``masks`` and
+            ``groups`` are relative to it (or absolute).
+        images: the folder of images; ``image_pattern`` selects its files (``*.jpg``).
+        masks: the folder of masks (may be ``images``).
+        mask_pattern: a mask's file name, with ``{stem}`` for its image's stem (glob characters allowed).
+        num_classes: 1 for binary masks, C > 1 for class-index masks with values 0..C-1.
+        class_names: names of the C classes (background first) for metric names; default class0..
+        groups: a CSV file with columns ``id`` (image stem) and ``group``; null = no groups.
+        name: the dataset's name in messages and cache files.
+    """
+
+    group_key = "group"
+
+    def __init__(self, root: str, images: str = "images", masks: str = "masks", mask_pattern: str = "{stem}.*",
+                 image_pattern: str = "*", num_classes: int = 1, class_names: Sequence[str] | None = None,
+                 groups: str | None = None, image_size: int = 256, cache_dir: str | None = None,
+                 workers: int = 4, name: str = "folder") -> None:
+        super().__init__(image_size)
+        if root is None or str(root) in ("", "???"):
+            raise DataError("dataset.root is not set; expected the dataset's folder (dataset.root=/path/to/data)")
+        self.root = Path(str(root)).expanduser()
+        self.images_sub, self.masks_sub = str(images), str(masks)
+        self.image_pattern = str(image_pattern)
+        self.mask_pattern = str(mask_pattern)
+        if STEM not in self.mask_pattern:
+            raise DataError(f"dataset.mask_pattern='{mask_pattern}' must contain {STEM} (the image's file stem), "
+                            "e.g. '{stem}_segmentation.png' or '{stem}.*'")
+        self.num_classes = check_int("dataset.num_classes", num_classes, low=1)
+        if self.num_classes == 2:
+            raise DataError("dataset.num_classes=2: a binary dataset is num_classes=1 (one sigmoid channel); "
+                            "use 3 or more for multi-class masks")
+        names = list(class_names) if class_names else [f"class{k}" for k in range(max(2, self.num_classes))]
+        if self.num_classes > 1 and len(names) != self.num_classes:
+            raise DataError(f"dataset.class_names has {len(names)} names; expected num_classes={self.num_classes}")
+        self.class_names = names if self.num_classes > 1 else ["background", "foreground"]
+        self.groups_file = None if groups in (None, "") else str(groups)
+        self.cache_dir = Path(str(cache_dir)).expanduser() if cache_dir else None
+        self.workers = max(1, int(workers))
+        self.name = str(name)
+        self.cache_hit: bool | None = None
+        self._mask_files: dict[str, Path] = {}
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.root})"
+
+    # -- matching images to masks ----------------------------------------
+    def _root(self) -> Path:
+        if not self.root.is_dir():
+            raise DataError(f"dataset.root '{self.root}' does not exist or is not a folder; expected the "
+                            f"{self.name} dataset's folder (with '{self.images_sub}' and '{self.masks_sub}' in it)")
+        return self.root
+
+    def find_cases(self, problems: list[str] | None = None) -> list[Case]:
+        """(case id, image file, mask file) of every image with its mask, sorted by id.
+
+        Images without a mask, masks without an image, two images with one stem and a stem with
+        several masks are errors naming them (all of them in ``problems`` when a list is given;
+        those cases are then left out).
+        """
+        root = self._root()
+        images_dir = _folder(root, self.images_sub, "images")
+        masks_dir = _folder(root, self.masks_sub, "masks")
+        stem_of = _stem_regex(self.mask_pattern)
+        same = images_dir.resolve() == masks_dir.resolve()
+        images = [p for p in image_files(images_dir) if _matches(p, self.image_pattern)
+                  and not (same and stem_of.fullmatch(p.name))]
+        masks = [p for p in image_files(masks_dir) if stem_of.fullmatch(p.name)]
+        suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+        if not images:
+            raise DataError(f"the images folder '{images_dir}' holds no image files matching "
+                            f"dataset.image_pattern='{self.image_pattern}' (readable suffixes: {suffixes})")
+        if not masks:
+            others = [p.name for p in image_files(masks_dir) if p not in images]
+            holds = f"it holds files like '{others[0]}'" if others else f"it holds no image files ({suffixes})"
+            raise DataError(f"no file of the masks folder '{masks_dir}' matches dataset.mask_pattern="
+                            f"'{self.mask_pattern}': e.g. image '{images[0].name}' looks for "
+                            f"'{self.mask_pattern.replace(STEM, images[0].stem)}', but {holds}")
+        by_stem: dict[str, list[Path]] = {}  # masks by the image stem their name gives
+        for m in masks:
+            by_stem.setdefault(stem_of.fullmatch(m.name).group("stem").lower(), []).append(m)
+        found: list[str] = []
+        cases, seen = [], {}
+        for image in images:
+            stem = image.stem
+            if stem.lower() in seen:
+                found.append(f"two images with the stem '{stem}': '{seen[stem.lower()].name}' and '{image.name}'")
+                continue
+            seen[stem.lower()] = image
+            hits = by_stem.get(stem.lower(), [])
+            if len(hits) > 1:
+                found.append(f"image '{image.name}' has {len(hits)} masks matching "
+                             f"'{self.mask_pattern.replace(STEM, stem)}': {', '.join(m.name for m in hits[:4])}")
+            elif hits:
+                cases.append((stem, image, hits[0]))
+            else:
+                found.append(f"image '{image}' has no mask: expected '{self.mask_pattern.replace(STEM, stem)}' "
+                             f"in '{masks_dir}'")
+        if not cases:
+            raise DataError(
+                f"no image in '{images_dir}' has a mask in '{masks_dir}' named by dataset.mask_pattern="
+                f"'{self.mask_pattern}': e.g. image '{images[0].name}' looks for "
+                f"'{self.mask_pattern.replace(STEM, images[0].stem)}', but the masks are named like "
+                f"'{masks[0].name}'")
+        for stem, hits in sorted(by_stem.items()):
+            if stem not in seen:
+                found.extend(f"mask '{m}' has no image in '{images_dir}'" for m in hits)
+        if found:
+            if problems is None:
+                more = f" (and {len(found) - 1} more problems; python -m segbench.check_data lists them)"
+                raise DataError(found[0] + (more if len(found) > 1 else ""))
+            problems.extend(found)
+        return sorted(cases)
+
+    def read_groups(self, ids: Sequence[str]) -> list[str] | None:
+        """Each case's group from the groups CSV (columns ``id``, ``group``), or None without one."""
+        if self.groups_file is None:
+            return None
+        path = Path(os.path.expanduser(self.groups_file))
+        path = path if path.is_absolute() else self.root / path
+        if not path.is_file():
+            raise DataError(f"dataset.groups: '{path}' is not a file; expected a CSV with columns id,group")
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"id", "group"} <= set(reader.fieldnames):
+                raise DataError(f"dataset.groups: '{path}' has columns {reader.fieldnames}; expected id,group")
+            table = {row["id"].strip(): row["group"].strip() for row in reader}
+        missing = [c for c in ids if c not in table]
+        if missing:
+            raise DataError(f"dataset.groups: '{path}' has no group for {len(missing)} case(s), e.g. "
+                            f"{', '.join(missing[:3])}; every case needs one")
+        return [table[c] for c in ids]
+
+    # -- SegDataset ---------------------------------------------------------
+    def original_masks(self, ids: Sequence[str]) -> list[np.ndarray]:
+        """The masks at their files' resolution: (H0, W0) bool (binary) or class indices."""
+        self.arrays  # noqa: B018  (lists the case files)
+        return [read_mask(self._mask_files[c], self.num_classes) for c in ids]
+
+    def check(self) -> tuple[list[str], int]:
+        problems: list[str] = []
+        try:
+            cases = self.find_cases(problems)
+            self.read_groups([c for c, _, _ in cases])
+        except DataError as exc:
+            return problems + [str(exc)], 0
+        readable = 0
+        for _, image, mask in cases:
+            try:
+                read_case(image, mask, self.num_classes)
+                readable += 1
+            except DataError as exc:
+                problems.append(str(exc))
+        return problems, readable
+
+    def load_arrays(self) -> SegArrays:
+        cases = self.find_cases()
+        ids = [c for c, _, _ in cases]
+        groups = self.read_groups(ids)
+        self._mask_files = {c: m for c, _, m in cases}
+        cache = None
+        if self.cache_dir is not None:
+            key = cache_key(cases, self.image_size, self.num_classes)
+            cache = self.cache_dir / f"{self.name}-{self.image_size}px-{key}.npz"
+        images, masks, self.cache_hit = load_cases(cases, self.image_size, cache, self.workers, self.name,
+                                                   self.num_classes)
+        return SegArrays(torch.from_numpy(images), torch.from_numpy(masks), ids, groups)
