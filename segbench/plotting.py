@@ -15,6 +15,13 @@ from .metrics import image_metrics  # noqa: E402
 from .rundir import RunDir  # noqa: E402
 
 
+def class_colours(num_classes: int) -> list[tuple[float, float, float]]:
+    """An RGB colour (0..1) per class: background black, then red, and tab10's others."""
+    others = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]  # tab10's red is index 3
+    return [(0.0, 0.0, 0.0), (0.86, 0.08, 0.08), *others][:num_classes] if num_classes <= 11 else \
+        [(0.0, 0.0, 0.0)] + [tuple(plt.get_cmap("hsv")(k / num_classes)[:3]) for k in range(1, num_classes)]
+
+
 def plot_curves(run_dir: RunDir, title: str = "") -> Path:
     """Loss and IoU per epoch, train vs val, from ``history.csv``; writes ``curves.png``."""
     rows = run_dir.read_history()

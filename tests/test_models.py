@@ -123,3 +123,19 @@ def test_summary_table(capsys):
 def test_summary_rejects_unknown_model():
     with pytest.raises(SystemExit):
         summary.main(["--models", "resnet"])
+
+
+def test_max_unpool_matches_torch():
+    """The scatter form of max-unpooling (traceable for export) gives MaxUnpool2d's values and gradients."""
+    from segbench.models.blocks import max_unpool
+
+    x = torch.randn(2, 3, 6, 10, requires_grad=True)
+    pooled, idx = torch.nn.functional.max_pool2d(x, 2, 2, return_indices=True)
+    a = pooled.detach().clone().requires_grad_(True)
+    b = pooled.detach().clone().requires_grad_(True)
+    ours, ref = max_unpool(a, idx, (6, 10)), torch.nn.MaxUnpool2d(2, 2)(b, idx, output_size=(6, 10))
+    assert torch.equal(ours, ref)
+    weights = torch.randn_like(ref)
+    (ours * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.equal(a.grad, b.grad)

@@ -46,7 +46,8 @@ def read_image(path: Path) -> np.ndarray:
     try:
         return np.asarray(skio.imread(path))
     except Exception as exc:  # decoder errors vary by format and plugin
-        raise DataError(f"cannot read image file '{path}': {exc}") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # decoders add advice lines
+        raise DataError(f"cannot read image file '{path}': {reason}") from exc
 
 
 LOSSY_SUFFIXES = {".jpg", ".jpeg"}
@@ -98,20 +99,28 @@ def _read_class_mask(path: Path, num_classes: int) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB: grayscale made 3-channel, alpha dropped, 16 bits scaled to 8."""
+    image = read_image(path)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise DataError(f"image '{path}' has shape {image.shape}; expected (H, W, 3) RGB")
+    image = image[..., :3]
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype != np.uint8:
+        image = (image.astype(np.float64) / np.iinfo(image.dtype).max * 255).astype(np.uint8)
+    return image
+
+
 def read_case(image_path: Path, mask_path: Path, num_classes: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Decode and check one case: image (H, W, 3) uint8 RGB and mask (H, W) of the same size (bool, or
     class indices with ``num_classes`` > 1).
 
     Grayscale images are made 3-channel; an alpha channel is dropped; 16-bit images are scaled to 8 bits.
     """
-    image = read_image(image_path)
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise DataError(f"image '{image_path}' has shape {image.shape}; expected (H, W, 3) RGB")
-    image = image[..., :3]
-    if image.dtype != np.uint8:
-        image = (image.astype(np.float64) / np.iinfo(image.dtype).max * 255).astype(np.uint8)
+    image = read_rgb(image_path)
     mask = read_mask(mask_path, num_classes)
     if mask.shape != image.shape[:2]:
         raise DataError(
@@ -119,6 +128,12 @@ def read_case(image_path: Path, mask_path: Path, num_classes: int = 1) -> tuple[
             f"'{image_path.name}' is {image.shape[1]}x{image.shape[0]}; they must match"
         )
     return image, mask
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (3, size, size) uint8, resized with anti-aliasing (what the network sees)."""
+    img = resize(image.astype(np.float32) / 255.0, (size, size), anti_aliasing=True)
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
 def load_case(image_path: Path, mask_path: Path, size: int, num_classes: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +144,7 @@ def load_case(image_path: Path, mask_path: Path, size: int, num_classes: int = 1
     thresholded at 0.5, as in the seed study; a class-index mask takes the nearest pixel.
     """
     image, mask = read_case(image_path, mask_path, num_classes)
-    img = resize(image.astype(np.float32) / 255.0, (size, size), anti_aliasing=True)
-    img = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    img = resize_image(image, size)
     if num_classes > 1:
         msk = resize(mask, (size, size), order=0, preserve_range=True, anti_aliasing=False)
     else:

@@ -81,7 +81,7 @@ class Up(nn.Module):
         elif mode == "unpool":
             if in_channels != out_channels:
                 self.proj = nn.Conv2d(in_channels, out_channels, 1)
-            self.op = nn.MaxUnpool2d(2, 2)
+            self.op = nn.MaxUnpool2d(2, 2)  # what max_unpool computes (kept: it names the op in the module tree)
 
     @staticmethod
     def out_channels(mode: str, in_channels: int, encoder_channels: int) -> int:
@@ -89,12 +89,22 @@ class Up(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], indices: torch.Tensor | None) -> torch.Tensor:
         if self.mode == "unpool":
-            return self.op(self.proj(x), indices, output_size=size)
+            return max_unpool(self.proj(x), indices, size)
         if self.mode == "transpose":
             x = self.op(x)
             return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="nearest")
         kwargs = {"align_corners": False} if self.mode == "bilinear" else {}
         return F.interpolate(x, size=size, mode=self.mode, **kwargs)
+
+
+def max_unpool(x: torch.Tensor, indices: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.max_unpool2d`` as a scatter: each value back at its max-pool ``indices`` in a zero (B, C, *size) map.
+
+    The same values and gradients as ``nn.MaxUnpool2d``, written so that tracing (TorchScript, ONNX)
+    keeps ``size`` symbolic instead of failing on max_unpool2d's output-size check."""
+    b, c = x.shape[:2]
+    out = x.new_zeros(b, c, size[0] * size[1])
+    return out.scatter(2, indices.flatten(2), x.flatten(2)).view(b, c, size[0], size[1])
 
 
 def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -118,9 +128,10 @@ def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) ->
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Replicate-pad H and W up to a multiple of ``multiple``; returns x and the original (H, W)."""
+    """Replicate-pad H and W up to a multiple of ``multiple``; returns x and the original (H, W).
+
+    Pads unconditionally (by 0 when the size is a multiple already), so that an exported graph
+    (ONNX, TorchScript) pads any input size rather than the one it was traced with."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
-    return x, (h, w)
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate"), (h, w)

@@ -1,0 +1,155 @@
+"""``python -m segbench.export RUN_DIR --format onnx|torchscript [--output PATH]``: a trained run as a
+standalone model file.
+
+The exported model takes float32 RGB images in [0, 1], shape (batch, 3, height, width), any batch
+size and any height and width (the run's input size gives its best results), and returns logits
+(batch, classes, height, width); segbench's input normalisation is part of it. Binary runs:
+mask = sigmoid(logits) > threshold; multi-class: argmax over classes. The run's threshold, input size
+and evaluation settings are written beside it (``<output>.json``); test-time augmentation and
+post-processing are not part of the graph.
+
+Before the file is written, the export is run on a random batch of another batch size and height
+than the traced one and compared with PyTorch (onnxruntime for ONNX); a mismatch is an error and no
+file is written. ONNX needs the extra: pip install "segbench[export]".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import SegbenchError, UserError
+from .inference import CHECKPOINTS, TrainedModel, load_trained
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+EXTRA = 'pip install "segbench[export]"'
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise UserError(f"--format onnx needs the package '{module}', which is not installed: {EXTRA}") from exc
+
+
+def _check_batch(trained: TrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The traced input (1, 3, S, S) and a check input of another batch size and height (2, 3, S + 16, S)."""
+    generator = torch.Generator().manual_seed(0)
+    s = trained.image_size
+    return torch.rand(1, 3, s, s, generator=generator), torch.rand(2, 3, s + 16, s, generator=generator)
+
+
+def export_onnx(trained: TrainedModel, path: Path, opset: int | None = None) -> None:
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        _require(module)
+    import onnxruntime
+
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "no torchvision"
+    traced, check = _check_batch(trained)
+    batch, height, width = (torch.export.Dim(n, min=1) for n in ("batch", "height", "width"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation and tracing chatter
+        program = torch.onnx.export(
+            trained.network, (traced,), input_names=["images"], output_names=["logits"], dynamo=True,
+            dynamic_shapes={"images": {0: batch, 2: height, 3: width}}, opset_version=opset, verbose=False,
+        )
+        program.save(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": check.numpy()})[0]
+    _compare(trained, check, torch.from_numpy(got), "onnxruntime")
+
+
+def export_torchscript(trained: TrainedModel, path: Path) -> None:
+    traced, check = _check_batch(trained)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice and tracer warnings
+        module = torch.jit.trace(trained.network, traced, check_trace=False)
+        torch.jit.save(module, str(path))
+        loaded = torch.jit.load(str(path))
+        with torch.inference_mode():
+            got = loaded(check)
+    _compare(trained, check, got, "the saved TorchScript module")
+
+
+def _compare(trained: TrainedModel, x: torch.Tensor, got: torch.Tensor, what: str) -> None:
+    with torch.inference_mode():
+        want = trained.network(x.to(trained.device)).float().cpu()
+    if got.shape != want.shape:
+        raise SegbenchError(f"the export gives logits of shape {tuple(got.shape)} on input {tuple(x.shape)}; "
+                            f"PyTorch gives {tuple(want.shape)}")
+    error = float((got.float() - want).abs().max())
+    tolerance = 1e-3 * max(1.0, float(want.abs().max()))
+    if not np.isfinite(error) or error > tolerance:
+        raise SegbenchError(f"the export disagrees with PyTorch on a random batch {tuple(x.shape)}: max |difference| "
+                            f"{error:.3g} > {tolerance:.3g} ({what}); nothing was written")
+
+
+def export(trained: TrainedModel, fmt: str, output: Path, opset: int | None = None) -> dict:
+    """Write the model to ``output`` (checked first, then moved into place) and ``<output>.json``."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=FORMATS[fmt], dir=output.parent)
+    os.close(fd)
+    try:
+        try:
+            if fmt == "onnx":
+                export_onnx(trained, Path(tmp), opset)
+            else:
+                export_torchscript(trained, Path(tmp))
+        except SegbenchError:
+            raise
+        except Exception as exc:  # the exporters' own errors (unsupported op, tracing failure)
+            raise SegbenchError(f"exporting to {fmt} failed, nothing was written: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        os.replace(tmp, output)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(output, 0o666 & ~umask)  # mkstemp made it private
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    info = {
+        "format": fmt, "run_dir": str(trained.run_dir.path), "input": "float32 (batch, 3, height, width) RGB in [0, 1]",
+        "output": "logits (batch, classes, height, width)", "image_size": trained.image_size,
+        "num_classes": trained.num_classes, "threshold": trained.threshold,
+        "prediction": "sigmoid(logits) > threshold" if trained.num_classes == 1 else "argmax over classes",
+        "not_included": {"tta": trained.tta, "postprocess": trained.postprocess},
+    }
+    Path(f"{output}.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m segbench.export", description=__doc__.split("\n\n")[1])
+    parser.add_argument("run_dir", help="a finished run directory (holds checkpoints/best.pt)")
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS))
+    parser.add_argument("--output", "-o", help="the file to write (default: RUN_DIR/export/model.onnx or "
+                                               "model.torchscript.pt)")
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    args = parser.parse_args(argv)
+    output = Path(args.output) if args.output else Path(args.run_dir) / "export" / f"model{FORMATS[args.format]}"
+    if output.exists() and not args.overwrite:
+        print(f"segbench.export: error: '{output}' exists; use --overwrite or another --output", file=sys.stderr)
+        return 2
+    try:
+        trained = load_trained(args.run_dir, args.checkpoint, "cpu")
+        info = export(trained, args.format, output, args.opset)
+    except SegbenchError as exc:
+        print(f"segbench.export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {output} ({args.format}; checked against PyTorch on a batch of 2 at "
+          f"{info['image_size'] + 16}x{info['image_size']}) and {output}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""``python -m segbench.predict RUN_DIR INPUT... [--output DIR]``: a trained run applied to new images.
+
+Loads the run's best checkpoint and its saved config (nothing to re-specify), predicts every image of
+the given files, folders (their image files) and globs at the run's input size, resizes each
+prediction back to its image's size and applies the run's threshold, test-time augmentation and
+post-processing. Writes, per image, ``<stem>.png`` (the mask: 0/255, or class indices for a
+multi-class run) and ``<stem>_overlay.png``, and ``predictions.csv`` for all of them.
+
+A file that cannot be read is listed at the end with the reason while every other file is still
+predicted; the exit status is then 1. Existing output files are not overwritten without --overwrite.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .data.arrays import IMAGE_SUFFIXES, image_files, read_rgb, resize_image
+from .engine import resolve_device
+from .errors import SegbenchError
+from .inference import CHECKPOINTS, TrainedModel, load_trained
+from .plotting import class_colours
+
+CSV_NAME = "predictions.csv"
+CSV_COLUMNS = ["file", "height", "width", "lesion_pixels", "lesion_fraction", "mean_probability"]
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files named by files, folders and globs, in order and without repeats; and the inputs
+    that name nothing, with why."""
+    files: list[Path] = []
+    failed: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = image_files(path)
+            if not found:
+                failed.append((item, f"folder holds no image files ({' '.join(sorted(IMAGE_SUFFIXES))})"))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        elif glob.has_magic(item):
+            found = [Path(p) for p in sorted(glob.glob(str(path))) if Path(p).is_file()]
+            if not found:
+                failed.append((item, "the pattern matches no file"))
+            files += found
+        else:
+            failed.append((item, "no such file or folder"))
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    return unique, failed
+
+
+def output_names(files: list[Path], failed: list[tuple[str, str]]) -> dict[Path, str]:
+    """The output stem of each file: its own stem; a second file with the same stem fails."""
+    names: dict[Path, str] = {}
+    taken: dict[str, Path] = {}
+    for path in files:
+        if path.stem in taken:
+            failed.append((str(path), f"its outputs would overwrite those of '{taken[path.stem]}' (same stem)"))
+            continue
+        taken[path.stem] = path
+        names[path] = path.stem
+    return names
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """The image with each predicted class tinted in its colour (binary: the lesion in red)."""
+    colours = class_colours(max(num_classes, 2))
+    out = image.astype(np.float32)
+    labels = pred.astype(np.int64)
+    for k in range(1, max(num_classes, 2)):
+        where = labels == k
+        out[where] = 0.55 * out[where] + 0.45 * 255 * np.asarray(colours[k])
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def predict_files(trained: TrainedModel, names: dict[Path, str], output: Path, batch_size: int,
+                  failed: list[tuple[str, str]], progress: bool = True) -> list[dict]:
+    """Predict every file, writing its mask and overlay; returns the rows of predictions.csv."""
+    rows = []
+    files = list(names)
+    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
+        for start in range(0, len(files), batch_size):
+            batch, images = [], []
+            for path in files[start : start + batch_size]:
+                try:
+                    images.append(read_rgb(path))
+                    batch.append(path)
+                except SegbenchError as exc:
+                    failed.append((str(path), str(exc)))
+                    bar.update(1)
+            if not batch:
+                continue
+            inputs = torch.stack([torch.from_numpy(resize_image(im, trained.image_size)) for im in images])
+            logits = trained.logits(inputs)
+            for i, (path, image) in enumerate(zip(batch, images)):
+                pred, prob = trained.masks(logits[i : i + 1], image.shape[:2])
+                stem = names[path]
+                stored = pred.astype(np.uint8) * (255 if trained.num_classes == 1 else 1)
+                Image.fromarray(stored).save(output / f"{stem}.png")
+                Image.fromarray(overlay(image, pred, trained.num_classes)).save(output / f"{stem}_overlay.png")
+                lesion = pred > 0
+                area = int(lesion.sum())
+                rows.append({
+                    "file": str(path), "height": image.shape[0], "width": image.shape[1], "lesion_pixels": area,
+                    "lesion_fraction": area / lesion.size,
+                    "mean_probability": float(prob[lesion].mean()) if area else float("nan"),
+                })
+                bar.update(1)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m segbench.predict", description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a finished run directory (holds checkpoints/best.pt)")
+    parser.add_argument("inputs", nargs="+", help="image files, folders of images, or globs ('scans/*.jpg')")
+    parser.add_argument("--output", "-o", default="predictions", help="folder for the outputs (default: predictions)")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: expected an integer >= 1")
+    try:
+        trained = load_trained(args.run_dir, args.checkpoint, resolve_device(args.device), args.batch_size)
+    except SegbenchError as exc:
+        print(f"segbench.predict: error: {exc}", file=sys.stderr)
+        return 2
+    files, failed = expand_inputs(args.inputs)
+    names = output_names(files, failed)
+    output = Path(args.output)
+    targets = [output / CSV_NAME] + [output / f"{s}{suffix}" for s in names.values() for suffix in (".png", "_overlay.png")]
+    existing = [p for p in targets if p.exists()]
+    if existing and not args.overwrite:
+        print(f"segbench.predict: error: {len(existing)} output file(s) exist already, e.g. '{existing[0]}'; "
+              "use --overwrite to replace them, or another --output", file=sys.stderr)
+        return 2
+    output.mkdir(parents=True, exist_ok=True)
+    print(f"predicting {len(names)} image(s) with {trained.run_dir.path} ({args.checkpoint} checkpoint, "
+          f"{trained.image_size}px, threshold {trained.threshold:.2f}, tta {trained.tta}, "
+          f"postprocess {trained.postprocess}) into {output}/")
+    rows = predict_files(trained, names, output, args.batch_size, failed, progress=not args.no_progress)
+    with open(output / CSV_NAME, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} prediction(s) and {output / CSV_NAME}")
+    if failed:
+        print(f"{len(failed)} input(s) failed:", file=sys.stderr)
+        for item, why in failed:
+            print(f"  - {item}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
