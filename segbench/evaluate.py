@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .data import SegArrays, SegDataset
-from .metrics import DEFINITIONS, all_metrics, binarize, confusion, hausdorff, iou, micro
+from .metrics import (
+    DEFINITIONS, all_metrics, binarize, class_confusion, class_keys, confusion, hausdorff, iou, iou_score, micro,
+)
 from .validation import check_choice
 
 if TYPE_CHECKING:
@@ -62,6 +64,30 @@ def largest_component(pred: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == sizes.argmax())
 
 
+def largest_per_class(classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """Keep the largest 8-connected component of each foreground class of an (H, W) class map; the
+    other pixels of that class become background (0). No holes are filled: they may be other classes."""
+    out = np.zeros_like(classes)
+    for k in range(1, num_classes):
+        labels, count = ndimage.label(classes == k, structure=np.ones((3, 3), bool))
+        if count:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            out[labels == sizes.argmax()] = k
+    return out
+
+
+def predict_classes(logits: torch.Tensor, postprocess: str = "none") -> torch.Tensor:
+    """Multi-class (N, C, H, W) logits -> (N, 1, H, W) int64 class map (argmax), post-processed per
+    image (``largest``: :func:`largest_per_class`)."""
+    check_choice("eval.postprocess", postprocess, POSTPROCESS)
+    classes = logits.argmax(1, keepdim=True)
+    if postprocess == "largest":
+        classes = torch.stack([torch.from_numpy(largest_per_class(c[0].numpy(), logits.shape[1]))[None]
+                               for c in classes])
+    return classes
+
+
 def predict_masks(logits: torch.Tensor, threshold: float, postprocess: str = "none") -> torch.Tensor:
     """(N, C, H, W) logits -> (N, 1, H, W) bool foreground, post-processed per image (``largest``)."""
     check_choice("eval.postprocess", postprocess, POSTPROCESS)
@@ -85,25 +111,50 @@ def per_image(
     masks: Sequence[torch.Tensor] | torch.Tensor,
     threshold: float,
     postprocess: str = "none",
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, list[float]]:
     """Every metric per image. ``masks`` may be one (N, 1, H, W) tensor, or N (H0, W0) masks at
     their original sizes, in which case each logit map is resized (bilinear) to its mask first;
-    ``postprocess`` is applied to each prediction at the size it is scored at."""
+    ``postprocess`` is applied to each prediction at the size it is scored at. Multi-class logits
+    are scored per foreground class (:data:`segbench.metrics.DEFINITIONS` ``classes``)."""
     rows: dict[str, list[float]] = {}
     for i in range(logits.shape[0]):
-        mask = torch.as_tensor(masks[i]).reshape(1, 1, *masks[i].shape[-2:]) > 0
+        mask = torch.as_tensor(masks[i]).reshape(1, 1, *masks[i].shape[-2:])
         logit = logits[i : i + 1].float()
         if logit.shape[-2:] != mask.shape[-2:]:
             logit = F.interpolate(logit, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        pred = predict_masks(logit, threshold, postprocess)
-        c = confusion(pred, mask)
-        values = {k: v.item() for k, v in all_metrics(c).items()}
-        values["hd"], values["hd95"] = hausdorff(pred[0, 0].numpy(), mask[0, 0].numpy())
-        for k in ("tp", "fp", "fn", "tn"):
-            values[k] = c[k].item()
+        if logit.shape[1] == 1:
+            values = _binary_values(predict_masks(logit, threshold, postprocess), mask > 0)
+        else:
+            values = _class_values(predict_classes(logit, postprocess), mask.long(), logit.shape[1], class_names)
         for k, v in values.items():
             rows.setdefault(k, []).append(v)
     return rows
+
+
+def _binary_values(pred: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Every metric of one (1, 1, H, W) bool prediction against its mask."""
+    c = confusion(pred, mask)
+    values = {k: v.item() for k, v in all_metrics(c).items()}
+    values["hd"], values["hd95"] = hausdorff(pred[0, 0].numpy(), mask[0, 0].numpy())
+    return {**values, **{k: c[k].item() for k in ("tp", "fp", "fn", "tn")}}
+
+
+def _class_values(pred: torch.Tensor, mask: torch.Tensor, num_classes: int,
+                  class_names: Sequence[str] | None) -> dict[str, float]:
+    """Every metric of one (1, 1, H, W) class map, averaged over the foreground classes, and each
+    class's IoU and Dice."""
+    c = class_confusion(pred, mask, num_classes)  # (1, C-1) each
+    per_class = all_metrics(c)
+    values = {k: v.mean().item() for k, v in per_class.items() if k != "iou_score"}
+    values["iou_score"] = iou_score(per_class["iou"].mean(1)).item()
+    distances = np.array([hausdorff((pred == k)[0, 0].numpy(), (mask == k)[0, 0].numpy())
+                          for k in range(1, num_classes)])  # (C-1, 2)
+    defined = np.isfinite(distances[:, 0])
+    values["hd"], values["hd95"] = distances[defined].mean(0).tolist() if defined.any() else (math.nan, math.nan)
+    for k, key in enumerate(class_keys(class_names, num_classes)):
+        values[f"iou_{key}"], values[f"dice_{key}"] = per_class["iou"][0, k].item(), per_class["dice"][0, k].item()
+    return {**values, **{k: c[k].sum().item() for k in ("tp", "fp", "fn", "tn")}}
 
 
 def summarize(rows: dict[str, list[float]], prefix: str = "test/") -> dict[str, float]:
@@ -171,8 +222,9 @@ def score_test(
     def masks_of(part: SegArrays) -> Any:
         return dataset.original_masks(part.ids) if original else part.masks
 
-    rows = per_image(logits, masks_of(test_part), chosen, postprocess)
-    val_summary = summarize(per_image(val_logits, masks_of(val), chosen, postprocess), prefix="val_final/")
+    names = dataset.class_names if dataset.num_classes > 1 else None
+    rows = per_image(logits, masks_of(test_part), chosen, postprocess, names)
+    val_summary = summarize(per_image(val_logits, masks_of(val), chosen, postprocess, names), prefix="val_final/")
     definitions = {
         **DEFINITIONS,
         "threshold": chosen,
@@ -181,7 +233,8 @@ def score_test(
         else f"{dataset.image_size}x{dataset.image_size} (network input)",
         "tta": {"none": "none", "flips": "mean logits of identity, horizontal, vertical and both flips",
                 "d4": "mean logits of the 8 rotations/flips (dihedral group D4)"}[tta],
-        "postprocess": "largest 8-connected component, holes filled" if postprocess == "largest" else "none",
+        "postprocess": "none" if postprocess == "none" else "largest 8-connected component, holes filled"
+        if logits.shape[1] == 1 else "largest 8-connected component of each foreground class (the rest background)",
         "val_final": "the val split scored like the test split (same threshold, TTA, post-processing, resolution)",
     }
     metrics = {"test/loss": test_loss, **summarize(rows),

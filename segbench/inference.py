@@ -19,7 +19,7 @@ from torch import nn
 from .build import build
 from .data import SegArrays
 from .errors import UserError
-from .evaluate import predict_masks, predict_tta
+from .evaluate import predict_classes, predict_masks, predict_tta
 from .rundir import RunDir
 
 CHECKPOINTS = ("best", "last")
@@ -79,12 +79,8 @@ class TrainedModel:
             prob = torch.sigmoid(logit)[0, 0]
             pred = predict_masks(logit, self.threshold, self.postprocess)[0, 0]
             return pred.numpy(), torch.where(pred, prob, 1 - prob).numpy()
-        soft = torch.softmax(logit, 1)[0]
-        classes = soft.argmax(0)
-        if self.postprocess == "largest":
-            keep = predict_masks(logit, self.threshold, self.postprocess)[0, 0]
-            classes = torch.where(keep, classes, 0)
-        return classes.numpy().astype(np.uint8), soft.max(0).values.numpy()
+        classes = predict_classes(logit, self.postprocess)[0, 0]
+        return classes.numpy().astype(np.uint8), torch.softmax(logit, 1)[0].max(0).values.numpy()
 
 
 def load_trained(run_dir: str | Path, which: str = "best", device: torch.device | str = "cpu",

@@ -12,6 +12,7 @@ are empty, NaN (left out of the mean, and counted) when only one is.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,7 +20,10 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
 DEFINITIONS = {
-    "prediction": "binary: sigmoid(logits) > threshold; multi-class: argmax over classes, foreground = class > 0",
+    "prediction": "binary: sigmoid(logits) > threshold; multi-class: argmax over classes",
+    "classes": "multi-class: every metric is computed per foreground class (class k against the rest) and "
+    "averaged over the foreground classes (background excluded); iou_<class> and dice_<class> are each "
+    "class's own; hd/hd95 average the classes where defined; tp/fp/fn/tn are summed over the classes",
     "reduction": "mean: per-image metric, mean over images (the default, keys test/<metric>); "
     "micro: confusion counts summed over images, then the ratio (keys test/<metric>_micro)",
     "empty_policy": "a ratio with denominator 0 scores 1.0 when mask and prediction are both empty, else 0.0; "
@@ -105,6 +109,19 @@ def micro(c: dict[str, torch.Tensor]) -> dict[str, float]:
     return {name: fn(total).item() for name, fn in RATIO_METRICS.items()}
 
 
+def class_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """Per-image, per-class confusion counts of class-index maps: each foreground class k = 1..C-1
+    against the rest. pred, target: (B, 1, H, W) or (B, H, W) integer. Returns tp, fp, fn, tn, each (B, C-1)."""
+    per_class = [confusion(pred == k, target == k) for k in range(1, num_classes)]
+    return {key: torch.stack([c[key] for c in per_class], dim=1) for key in ("tp", "fp", "fn", "tn")}
+
+
+def class_keys(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """Metric-key suffixes of the foreground classes: their names (spaces made _), or class1, class2, ..."""
+    names = list(class_names) if class_names else [f"class{k}" for k in range(num_classes)]
+    return [str(n).strip().replace(" ", "_").replace("/", "_") for n in names[1:num_classes]]
+
+
 def binarize(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """(B, C, H, W) logits -> (B, 1, H, W) bool foreground prediction."""
     if logits.shape[1] == 1:
@@ -112,10 +129,21 @@ def binarize(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return logits.argmax(1, keepdim=True) > 0
 
 
-def image_metrics(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
-    """Per-image IoU, Dice and thresholded IoU of logits against masks; each (B,). Used every epoch."""
-    c = confusion(binarize(logits, threshold), target > 0)
-    values = {"iou": iou(c), "dice": dice(c)}
+def image_metrics(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5,
+                  class_names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Per-image IoU, Dice and thresholded IoU of logits against masks; each (B,). Used every epoch.
+
+    Multi-class logits (C > 1): IoU and Dice are the mean over the foreground classes of each class's
+    IoU / Dice, and ``iou_<class>`` / ``dice_<class>`` hold each foreground class's own."""
+    if logits.shape[1] == 1:
+        c = confusion(binarize(logits, threshold), target > 0)
+        values = {"iou": iou(c), "dice": dice(c)}
+    else:
+        c = class_confusion(logits.argmax(1, keepdim=True), target.long(), logits.shape[1])  # (B, C-1) each
+        per_iou, per_dice = iou(c), dice(c)
+        values = {"iou": per_iou.mean(1), "dice": per_dice.mean(1)}
+        for k, key in enumerate(class_keys(class_names, logits.shape[1])):
+            values[f"iou_{key}"], values[f"dice_{key}"] = per_iou[:, k], per_dice[:, k]
     values["iou_score"] = iou_score(values["iou"])
     return values
 

@@ -46,15 +46,47 @@ def plot_curves(run_dir: RunDir, title: str = "") -> Path:
     return run_dir.curves_png
 
 
-def plot_predictions(run_dir: RunDir, part: SegArrays, logits: torch.Tensor, threshold: float, count: int) -> Path:
+def plot_predictions(run_dir: RunDir, part: SegArrays, logits: torch.Tensor, threshold: float, count: int,
+                     class_names: Sequence[str] | None = None) -> Path:
     """image / mask / probability / prediction of the first ``count`` cases of ``part`` (logits (N, C, H, W)
-    in the order of ``part``), one row each, with the case's IoU; writes ``predictions.png``."""
+    in the order of ``part``), one row each, with the case's IoU; writes ``predictions.png``. Multi-class
+    logits: image / mask / prediction in class colours, with a legend of ``class_names``."""
     shown = part.subset(part.ids[:count])
     logits = logits[: len(shown)]
     scores = image_metrics(logits, shown.masks, threshold)["iou"].tolist()
-    probs = torch.sigmoid(logits) if logits.shape[1] == 1 else 1 - torch.softmax(logits, 1)[:, :1]
-    _prediction_grid(shown.images, shown.masks, probs, shown.ids, scores, run_dir.predictions_png, threshold)
+    if logits.shape[1] > 1:
+        _class_grid(shown, logits.argmax(1), scores, run_dir.predictions_png, class_names)
+        return run_dir.predictions_png
+    _prediction_grid(shown.images, shown.masks, torch.sigmoid(logits), shown.ids, scores, run_dir.predictions_png,
+                     threshold)
     return run_dir.predictions_png
+
+
+def _class_grid(shown: SegArrays, pred: torch.Tensor, scores: Sequence[float], out_png: Path,
+                class_names: Sequence[str] | None) -> None:
+    """images, masks (N, 1, H, W) and predicted class maps (N, H, W) in class colours, with a legend."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    num_classes = len(class_names) if class_names else int(max(pred.max(), shown.masks.max())) + 1
+    names = list(class_names) if class_names else [f"class{k}" for k in range(num_classes)]
+    colours = class_colours(num_classes)
+    cmap, kw = ListedColormap(colours), {"vmin": -0.5, "vmax": num_classes - 0.5, "interpolation": "nearest"}
+    n = len(shown)
+    fig, axes = plt.subplots(n, 3, figsize=(7.8, 2.6 * n + 0.5), squeeze=False)
+    for i in range(n):
+        panels = [(shown.images[i].permute(1, 2, 0).numpy(), shown.ids[i], {}),
+                  (shown.masks[i, 0].numpy(), "mask", {"cmap": cmap, **kw}),
+                  (pred[i].numpy(), f"prediction (mean IoU {scores[i]:.3f})", {"cmap": cmap, **kw})]
+        for ax, (img, name, style) in zip(axes[i], panels):
+            ax.imshow(img, **style)
+            ax.set_title(name, fontsize=9)
+            ax.axis("off")
+    fig.legend(handles=[Patch(color=c, label=name) for c, name in zip(colours, names)], loc="lower center",
+               ncol=min(num_classes, 6), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.4 / (2.6 * n + 0.5), 1, 1))
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
 
 
 def _prediction_grid(

@@ -29,6 +29,12 @@ NUMBERS = [*SCORES, "test/hd95", "best_epoch", "params", "train_time_s", "images
 COLUMN_KEYS = ("model", "loss", "seed", "split.fold")
 
 
+def class_keys(metrics: dict) -> list[str]:
+    """A multi-class run's per-class test metrics (``test/iou_<class>``, ``test/dice_<class>``), in order."""
+    return [k for k in metrics if k.startswith(("test/iou_", "test/dice_"))
+            and k not in ("test/iou_score", "test/iou_micro", "test/dice_micro")]
+
+
 def load_run(run_dir: RunDir) -> dict:
     """One run as a flat row: names, the overrides that define its configuration, status, metrics, history."""
     choices = run_dir.read_choices()
@@ -50,6 +56,7 @@ def load_run(run_dir: RunDir) -> dict:
         "per_image": run_dir.read_per_image() if metrics.get("status") == "done" else [],
     }
     row.update({k: metrics.get(k, math.nan) for k in NUMBERS})
+    row["classes"] = {k: metrics[k] for k in class_keys(metrics)}
     return row
 
 
@@ -80,6 +87,8 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
                "done": len(done), "failed": sum(r["status"] == "failed" for r in runs)}
         for key in NUMBERS:
             row[key], row[f"{key}_std"] = _mean_std([r[key] for r in done])
+        for key in dict.fromkeys(k for r in done for k in r["classes"]):  # multi-class runs: per class
+            row[key], row[f"{key}_std"] = _mean_std([r["classes"].get(key, math.nan) for r in done])
         row["status"] = "done" if len(done) == len(runs) else ("failed" if not done else "partial")
         row["seeds"] = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: str(r["seed"])))
         row["errors"] = " | ".join(sorted({r["error"] for r in runs if r["error"]}))
@@ -123,12 +132,30 @@ def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, comm
             f"| {_fmt(r['test/hd95'], sd('test/hd95'), digits=1)} | {_fmt(r['best_epoch'], digits=1)} | {params} | {_fmt(r['train_time_s'], digits=1)} "
             f"| {_fmt(r['images_per_s'], digits=1)} | {r['runs']} | {status} |"
         )
+    lines += _class_lines(table)
     failed = [r for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", "## Runs that did not finish", ""]
         lines += [f"- `{r['run'].name}` ({r['status']}): {r['error'] or 'no metrics.json'}" for r in failed]
     lines += ["", "Plots: `val_iou_curves.png`, `val_loss_curves.png`, `test_scores.png`, `heatmap_test_iou.png`.", "", ""]
     return "\n".join(lines)
+
+
+def _class_lines(table: Sequence[dict]) -> list[str]:
+    """Multi-class runs: each foreground class's test IoU and Dice per configuration, in the table's order."""
+    keys = list(dict.fromkeys(k for r in table for k in r if k.startswith(("test/iou_", "test/dice_"))
+                              and not k.endswith("_std") and k in class_keys(r)))
+    if not keys:
+        return []
+    names = [k.split("/", 1)[1].replace("_", " ", 1) for k in keys]  # "iou core"
+    lines = ["", "## Per class (multi-class runs: mean over foreground classes above)", "",
+             "| rank | model | loss | overrides | " + " | ".join(names) + " |",
+             "|---|---|---|---|" + "---|" * len(keys)]
+    for i, r in enumerate(table, 1):
+        sd = (lambda k: r.get(f"{k}_std")) if r["done"] > 1 else (lambda k: None)
+        lines.append(f"| {i} | {r['model']} | {r['loss']} | {r['overrides'] or '-'} | "
+                     + " | ".join(_fmt(r.get(k, math.nan), sd(k)) for k in keys) + " |")
+    return lines
 
 
 def _label(r: dict, with_seed: bool) -> str:
@@ -280,6 +307,7 @@ def build_report(run_dirs: Sequence[RunDir], out_dir: Path, metric: str = "iou",
                   "p_wilcoxon": s["p"], "p_holm": s["p_holm"], "distinguishable": s["distinguishable"]})
     columns = ["model", "loss", "overrides", "runs", "done", "failed", "status", "seeds"]
     columns += [c for k in NUMBERS for c in (k, f"{k}_std")]
+    columns += [c for k in dict.fromkeys(k for r in rows for k in r["classes"]) for c in (k, f"{k}_std")]
     columns += [f"pooled_{metric}", f"pooled_{metric}_ci_low", f"pooled_{metric}_ci_high", "cases", "difference",
                 "difference_ci_low", "difference_ci_high", "p_wilcoxon", "p_holm", "distinguishable", "errors"]
     write_csv(out_dir / "summary.csv", table, columns)

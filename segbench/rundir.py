@@ -71,7 +71,9 @@ class RunDir:
 
     # -- history.csv -------------------------------------------------------
     def write_history(self, rows: Sequence[dict]) -> None:
-        write_csv(self.history_csv, rows, HISTORY_COLUMNS)
+        """HISTORY_COLUMNS, then any others the rows have (a multi-class run's val/iou_<class>, ...)."""
+        extra = [k for k in (rows[0] if rows else {}) if k not in HISTORY_COLUMNS]
+        write_csv(self.history_csv, rows, HISTORY_COLUMNS + extra)
 
     def read_history(self) -> list[dict[str, float]]:
         """Rows of history.csv as numbers (``epoch`` an int); [] when there is none."""

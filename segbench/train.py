@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .build import build, build_augment, build_callbacks, build_optimizer, build_schedule
 from .config import check_resumable, choices, validate
 from .data import SegDataset
+from .errors import UserError
 from .engine import EarlyStopping, FitSettings, Trainer, resolve_device, resolve_precision, resolve_switch, seed_everything
 from .evaluate import score_test
 from .plotting import plot_augmentations, plot_curves, plot_predictions
@@ -71,6 +72,9 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     dataset: SegDataset = build(cfg.dataset, "dataset")
     splitter: Split = build(cfg.split, "split")
     augment = build_augment(cfg.get("augment"))
+    if int(cfg.model.get("num_classes", 1)) != dataset.num_classes:
+        raise UserError(f"model.num_classes={cfg.model.num_classes} but the dataset has num_classes="
+                        f"{dataset.num_classes}; leave model.num_classes unset (it follows dataset.num_classes)")
     # 3. data
     load_start = time.perf_counter()
     split = splitter.make(dataset.ids, dataset.groups, dataset.group_order, dataset.group_key)
@@ -87,6 +91,7 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
         threshold=0.5 if cfg.eval.threshold == "auto" else float(cfg.eval.threshold), seed=int(cfg.seed),
         precision=precision, channels_last=resolve_switch("trainer.channels_last", cfg.trainer.channels_last, device),
         compile=resolve_switch("trainer.compile", cfg.trainer.compile, device),
+        class_names=tuple(dataset.class_names) if dataset.num_classes > 1 else None,
     )
     schedule = build_schedule(cfg.get("scheduler"), optimizer, settings.epochs,
                               math.ceil(len(parts["train"]) / settings.batch_size))
@@ -118,7 +123,8 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
              "loss %.4f", best.epoch, result.threshold, cfg.eval.resolution, metrics["test/iou"],
              metrics["test/dice"], metrics["test/iou_score"], metrics["test/hd95"], metrics["test/loss"])
     plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']}")
-    plot_predictions(run_dir, parts["test"], result.logits, result.threshold, int(cfg.eval.num_predictions))
+    plot_predictions(run_dir, parts["test"], result.logits, result.threshold, int(cfg.eval.num_predictions),
+                     dataset.class_names)
     log.info("wrote %s", run_dir.path)
     return metrics
 

@@ -60,10 +60,13 @@ class SegDataset:
             (``by_diagnosis`` in metrics.json, a ``diagnosis`` column in test_per_image.csv).
         group_order: the groups in their natural order (stratified splits visit them in this order;
             sorted names otherwise).
+        num_classes, class_names: what the masks hold (a multi-class dataset sets both).
     """
 
     group_key: str | None = None
     group_order: tuple[str, ...] = ()
+    num_classes: int = 1  # 1: binary masks {0, 1}; C > 1: class indices 0..C-1 (0 = background)
+    class_names: list[str] | None = None  # C names, background first (multi-class metric keys)
 
     def __init__(self, image_size: int) -> None:
         self.image_size = check_int("dataset.image_size", image_size, low=16)

@@ -90,7 +90,7 @@ class Folder(SegDataset):
         names = list(class_names) if class_names else [f"class{k}" for k in range(max(2, self.num_classes))]
         if self.num_classes > 1 and len(names) != self.num_classes:
             raise DataError(f"dataset.class_names has {len(names)} names; expected num_classes={self.num_classes}")
-        self.class_names = names if self.num_classes > 1 else ["background", "foreground"]
+        self.class_names = names if self.num_classes > 1 else None
         self.groups_file = None if groups in (None, "") else str(groups)
         self.cache_dir = Path(str(cache_dir)).expanduser() if cache_dir else None
         self.workers = max(1, int(workers))

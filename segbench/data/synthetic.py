@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from skimage.draw import line_aa
 
-from ..validation import check_int
+from ..validation import check_choice, check_int
 from .base import SegArrays, SegDataset
 
 
@@ -23,12 +23,14 @@ def _smooth_field(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, blob
     return field
 
 
-def make_case(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def make_case(seed: int, index: int, size: int, num_classes: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic case: image (3, size, size) uint8, mask (1, size, size) uint8 {0, 1}.
 
     Skin-toned background with shading and a dark dermoscope vignette, one
     irregular pigmented lesion (radius perturbed by random harmonics, darker
     blotches inside), and 0-4 hair-like dark curves that do not change the mask.
+    With ``num_classes=3`` the lesion's centre (half its radius) is a darker, bluish core:
+    mask values 0 background, 1 lesion, 2 core; the binary case's images are unchanged.
     """
     rng = np.random.default_rng([seed, index])
     coords = (np.arange(size, dtype=np.float64) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
@@ -67,10 +69,16 @@ def make_case(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]
             canvas[rr[ok], cc[ok]] = np.maximum(canvas[rr[ok], cc[ok]], val[ok])
     image = image * (1 - 0.75 * canvas[None])
 
+    labels = mask.astype(np.uint8)
+    if num_classes == 3:  # a darker, bluish core in the lesion's centre is class 2 (no extra RNG draws)
+        core = r < 0.5 * radius
+        image = np.where(core[None], image * np.array([0.45, 0.5, 0.8])[:, None, None], image)
+        labels[core] = 2
+
     image *= np.clip(1.25 - 0.45 * np.hypot(yy, xx) ** 2, 0.2, 1)[None]  # vignette
     image += rng.normal(0, 0.02, image.shape)
     image = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-    return image, mask[None].astype(np.uint8)
+    return image, labels[None]
 
 
 class SyntheticDermoscopy(SegDataset):
@@ -80,18 +88,21 @@ class SyntheticDermoscopy(SegDataset):
         num_cases: number of cases generated (ids ``SYN000``...).
         image_size: side of the square images (pixels).
         seed: fixes the generated images.
+        num_classes: 1 (binary lesion masks) or 3 (background, lesion, core: a multi-class dataset).
     """
 
-    def __init__(self, num_cases: int = 120, image_size: int = 64, seed: int = 0) -> None:
+    def __init__(self, num_cases: int = 120, image_size: int = 64, seed: int = 0, num_classes: int = 1) -> None:
         super().__init__(image_size)
         self.num_cases = check_int("dataset.num_cases", num_cases, low=3)
         self.seed = check_int("dataset.seed", seed)
+        self.num_classes = check_choice("dataset.num_classes", num_classes, (1, 3))
+        self.class_names = ["background", "lesion", "core"] if self.num_classes == 3 else None
 
     def describe(self) -> str:
         return f"synthetic, {self.num_cases} generated cases"
 
     def load_arrays(self) -> SegArrays:
-        cases = [make_case(self.seed, i, self.image_size) for i in range(self.num_cases)]
+        cases = [make_case(self.seed, i, self.image_size, self.num_classes) for i in range(self.num_cases)]
         images = torch.from_numpy(np.stack([c[0] for c in cases]))
         masks = torch.from_numpy(np.stack([c[1] for c in cases]))
         return SegArrays(images, masks, [f"SYN{i:03d}" for i in range(self.num_cases)])

@@ -69,6 +69,7 @@ class FitSettings:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    class_names: tuple[str, ...] | None = None  # multi-class: names for the per-class val columns
 
     def __post_init__(self) -> None:
         check_choice("precision", self.precision, AUTOCAST_DTYPES)  # resolved already: no 'auto' here
@@ -254,6 +255,8 @@ class Trainer:
             "val/iou": val_stats["iou"],
             "val/dice": val_stats["dice"],
             "time": time.perf_counter() - start,
+            # multi-class: each foreground class's val IoU and Dice (after the columns every run has)
+            **{f"val/{k}": v for k, v in val_stats.items() if k.startswith(("iou_", "dice_")) and k != "iou_score"},
         }
         if self.schedule is not None:
             self.schedule.epoch_end(row)
@@ -348,7 +351,7 @@ class Trainer:
             with autocast(self.device, self.settings.precision):
                 logits = self.forward(x, evaluating=True)
                 loss_sum += self.loss_fn(logits, y) * y.shape[0]
-            for k, v in image_metrics(logits, y, self.settings.threshold).items():
+            for k, v in image_metrics(logits, y, self.settings.threshold, self.settings.class_names).items():
                 totals[k] = totals.get(k, 0) + v.sum()
         n = len(data)
         return {"loss": loss_sum.item() / n, **{k: v.item() / n for k, v in totals.items()}}
