@@ -21,6 +21,8 @@ from kornia.augmentation import AugmentationSequential, IntensityAugmentationBas
 from kornia.augmentation import random_generator as rg
 from torch import nn
 
+from .validation import check_number
+
 # RGB -> YIQ (NTSC): Y is luma, (I, Q) the chroma plane; a hue shift is a rotation of (I, Q).
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
@@ -30,15 +32,20 @@ class Augment(nn.Module):
 
     Args:
         ops: kornia augmentation modules (each with its own probability ``p`` and ranges).
+        strength: multiplies every op's probability (capped at 1): 0 = no augmentation, 1 = the ops
+            as written; one knob for a search (``hparams_search=optuna``).
     """
 
-    def __init__(self, ops: Sequence[nn.Module]) -> None:
+    def __init__(self, ops: Sequence[nn.Module], strength: float = 1.0) -> None:
         super().__init__()
         ops = list(ops)
+        self.strength = check_number("augment.strength", strength, low=0)
         for i, op in enumerate(ops):
             if not isinstance(op, nn.Module):
                 raise TypeError(f"augment.ops[{i}] is {type(op).__name__}, not an augmentation module "
                                 "(give each op a _target_, e.g. kornia.augmentation.RandomHorizontalFlip)")
+            if self.strength != 1.0 and hasattr(op, "p"):
+                op.p = min(1.0, op.p * self.strength)
         self.ops = ops
         self.pipeline = AugmentationSequential(*ops, data_keys=["input", "mask"]) if ops else None
 

@@ -102,10 +102,19 @@ def build_augment(node: DictConfig | None) -> Augment | None:
     return augment if getattr(augment, "ops", True) else None
 
 
-def build_callbacks(trainer_cfg: DictConfig, run_dir: RunDir, config: dict) -> tuple[list[Callback], BestTracker]:
+def build_loggers(node: DictConfig | None) -> list[Callback]:
+    """The loggers of the ``logger`` group (``logger=[tensorboard,mlflow]``: one key each), built before
+    any data is read, so that a missing package is named at once."""
+    if not node:
+        return []
+    return [build(sub, f"logger.{name}") for name, sub in node.items() if sub is not None]
+
+
+def build_callbacks(trainer_cfg: DictConfig, run_dir: RunDir, config: dict,
+                    loggers: list[Callback] = ()) -> tuple[list[Callback], BestTracker]:
     """The training loop's callbacks for a run: the optional ones of ``trainer.*`` (grad_clip, ema,
-    early_stop) first, then best-epoch tracking, history.csv, checkpoints, the log line, progress bars.
-    Returns them and the best-epoch tracker."""
+    early_stop) first, then best-epoch tracking, history.csv, checkpoints, the log line, the loggers
+    (attached to ``run_dir``), progress bars. Returns them and the best-epoch tracker."""
     callbacks: list[Callback] = []
     if trainer_cfg.get("grad_clip") is not None:
         callbacks.append(GradClip(trainer_cfg.grad_clip))
@@ -116,6 +125,7 @@ def build_callbacks(trainer_cfg: DictConfig, run_dir: RunDir, config: dict) -> t
         callbacks.append(EarlyStopping(early.patience, early.get("min_delta", 0.0)))
     best = BestTracker("val/iou")
     callbacks += [best, HistoryWriter(run_dir), Checkpointer(run_dir, best, config), EpochLogger()]
+    callbacks += [logger.attach(run_dir, config) for logger in loggers]
     if trainer_cfg.progress:
         callbacks.append(ProgressBar(int(trainer_cfg.log_every), best))
     return callbacks, best

@@ -38,6 +38,7 @@ RUN_SETTINGS = (
     "trainer.compile",
     "trainer.channels_last",
     "eval.num_predictions",
+    "logger",                 # where a run is tracked (TensorBoard, MLflow), not what it computes
 )
 
 

@@ -48,22 +48,28 @@ def plot_curves(run_dir: RunDir, title: str = "") -> Path:
 
 def plot_predictions(run_dir: RunDir, part: SegArrays, logits: torch.Tensor, threshold: float, count: int,
                      class_names: Sequence[str] | None = None) -> Path:
-    """image / mask / probability / prediction of the first ``count`` cases of ``part`` (logits (N, C, H, W)
-    in the order of ``part``), one row each, with the case's IoU; writes ``predictions.png``. Multi-class
-    logits: image / mask / prediction in class colours, with a legend of ``class_names``."""
-    shown = part.subset(part.ids[:count])
-    logits = logits[: len(shown)]
-    scores = image_metrics(logits, shown.masks, threshold)["iou"].tolist()
-    if logits.shape[1] > 1:
-        _class_grid(shown, logits.argmax(1), scores, run_dir.predictions_png, class_names)
-        return run_dir.predictions_png
-    _prediction_grid(shown.images, shown.masks, torch.sigmoid(logits), shown.ids, scores, run_dir.predictions_png,
-                     threshold)
+    """:func:`prediction_figure` of the first ``count`` cases of ``part``, written to ``predictions.png``."""
+    fig = prediction_figure(part.subset(part.ids[:count]), logits[:count], threshold, class_names)
+    fig.savefig(run_dir.predictions_png, dpi=90)
+    plt.close(fig)
     return run_dir.predictions_png
 
 
-def _class_grid(shown: SegArrays, pred: torch.Tensor, scores: Sequence[float], out_png: Path,
-                class_names: Sequence[str] | None) -> None:
+def prediction_figure(shown: SegArrays, logits: torch.Tensor, threshold: float,
+                      class_names: Sequence[str] | None = None) -> plt.Figure:
+    """image / mask / probability / prediction of each case of ``shown`` (logits (N, C, H, W) in its
+    order, on the CPU), one row each, with the case's IoU. Multi-class logits: image / mask / prediction
+    in class colours, with a legend of ``class_names``."""
+    logits = logits.float().cpu()
+    shown = SegArrays(shown.images.cpu(), shown.masks.cpu(), shown.ids, shown.groups)
+    scores = image_metrics(logits, shown.masks, threshold)["iou"].tolist()
+    if logits.shape[1] > 1:
+        return _class_grid(shown, logits.argmax(1), scores, class_names)
+    return _prediction_grid(shown.images, shown.masks, torch.sigmoid(logits), shown.ids, scores, threshold)
+
+
+def _class_grid(shown: SegArrays, pred: torch.Tensor, scores: Sequence[float],
+                class_names: Sequence[str] | None) -> plt.Figure:
     """images, masks (N, 1, H, W) and predicted class maps (N, H, W) in class colours, with a legend."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -85,8 +91,7 @@ def _class_grid(shown: SegArrays, pred: torch.Tensor, scores: Sequence[float], o
     fig.legend(handles=[Patch(color=c, label=name) for c, name in zip(colours, names)], loc="lower center",
                ncol=min(num_classes, 6), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.4 / (2.6 * n + 0.5), 1, 1))
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def _prediction_grid(
@@ -95,9 +100,8 @@ def _prediction_grid(
     probs: torch.Tensor,
     ids: Sequence[str],
     scores: Sequence[float],
-    out_png: Path,
     threshold: float = 0.5,
-) -> None:
+) -> plt.Figure:
     """images (N, 3, H, W) uint8; masks (N, 1, H, W) {0, 1}; probs (N, 1, H, W) foreground probability."""
     n = len(ids)
     fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
@@ -113,8 +117,7 @@ def _prediction_grid(
             ax.set_title(name, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def plot_augmentations(run_dir: RunDir, part: SegArrays, augment, device, cases: int = 4, draws: int = 3) -> Path:

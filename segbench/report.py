@@ -24,7 +24,7 @@ from .rundir import RunDir  # noqa: E402
 log = logging.getLogger(__name__)
 
 SCORES = ["test/iou", "test/dice", "test/iou_score"]
-NUMBERS = [*SCORES, "test/hd95", "best_epoch", "params", "train_time_s", "images_per_s"]
+NUMBERS = [*SCORES, "test/hd95", "val/iou", "best_epoch", "params", "train_time_s", "images_per_s"]
 # overrides shown in their own columns, or aggregated over (seeds, and the folds of a cross-validation)
 COLUMN_KEYS = ("model", "loss", "seed", "split.fold")
 
@@ -112,15 +112,17 @@ def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, comm
         f"Done: {sum(r['status'] == 'done' for r in rows)}, failed: {sum(r['status'] == 'failed' for r in rows)}, "
         f"other: {sum(r['status'] not in ('done', 'failed') for r in rows)}. "
         "Ranked by mean test IoU (per-image mean of the best checkpoint)"
-        + (", mean ± std over seeds and folds." if seeds else "."),
+        + (", mean ± std over seeds and folds." if seeds else ".")
+        + " Best val IoU is the val score that chose each run's checkpoint (what hparams_search=optuna "
+        "maximises): choose settings by it, and report test.",
         "",
         split_note,
         "",
         f"Overrides shared by all runs: `{' '.join(common)}`" if common else "No overrides shared by all runs.",
         "",
-        "| rank | model | loss | overrides | test IoU | test Dice | thr. IoU | test HD95 (px) | best epoch | params "
-        "| train time (s) | images/s | runs | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rank | model | loss | overrides | test IoU | test Dice | thr. IoU | test HD95 (px) | best val IoU "
+        "| best epoch | params | train time (s) | images/s | runs | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(table, 1):
         sd = (lambda k: r[f"{k}_std"]) if r["done"] > 1 else (lambda k: None)
@@ -129,7 +131,8 @@ def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, comm
         lines.append(
             f"| {i} | {r['model']} | {r['loss']} | {r['overrides'] or '-'} | {_fmt(r['test/iou'], sd('test/iou'))} "
             f"| {_fmt(r['test/dice'], sd('test/dice'))} | {_fmt(r['test/iou_score'], sd('test/iou_score'))} "
-            f"| {_fmt(r['test/hd95'], sd('test/hd95'), digits=1)} | {_fmt(r['best_epoch'], digits=1)} | {params} | {_fmt(r['train_time_s'], digits=1)} "
+            f"| {_fmt(r['test/hd95'], sd('test/hd95'), digits=1)} | {_fmt(r['val/iou'], sd('val/iou'))} "
+            f"| {_fmt(r['best_epoch'], digits=1)} | {params} | {_fmt(r['train_time_s'], digits=1)} "
             f"| {_fmt(r['images_per_s'], digits=1)} | {r['runs']} | {status} |"
         )
     lines += _class_lines(table)

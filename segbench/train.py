@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .build import build, build_augment, build_callbacks, build_optimizer, build_schedule
+from .build import build, build_augment, build_callbacks, build_loggers, build_optimizer, build_schedule
 from .config import check_resumable, choices, validate
 from .data import SegDataset
 from .errors import UserError
@@ -72,6 +72,7 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     dataset: SegDataset = build(cfg.dataset, "dataset")
     splitter: Split = build(cfg.split, "split")
     augment = build_augment(cfg.get("augment"))
+    loggers = build_loggers(cfg.get("logger"))
     if int(cfg.model.get("num_classes", 1)) != dataset.num_classes:
         raise UserError(f"model.num_classes={cfg.model.num_classes} but the dataset has num_classes="
                         f"{dataset.num_classes}; leave model.num_classes unset (it follows dataset.num_classes)")
@@ -95,7 +96,7 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     )
     schedule = build_schedule(cfg.get("scheduler"), optimizer, settings.epochs,
                               math.ceil(len(parts["train"]) / settings.batch_size))
-    callbacks, best = build_callbacks(cfg.trainer, run_dir, resolved)
+    callbacks, best = build_callbacks(cfg.trainer, run_dir, resolved, loggers)
     trainer = Trainer(model, loss_fn, optimizer, settings, device, schedule, callbacks, augment)
     start_epoch = _resume(cfg, run_dir, trainer, resolved)
     if augment is not None and start_epoch == 1:
@@ -125,6 +126,7 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']}")
     plot_predictions(run_dir, parts["test"], result.logits, result.threshold, int(cfg.eval.num_predictions),
                      dataset.class_names)
+    trainer.run_end(metrics, run_dir)  # loggers send the results on
     log.info("wrote %s", run_dir.path)
     return metrics
 

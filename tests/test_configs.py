@@ -11,7 +11,7 @@ from segbench.build import build_schedule
 from segbench.splits import Split
 from tests.conftest import CONF, TINY, compose_cfg, run_cli
 
-COMPONENT_GROUPS = ("model", "loss", "optimizer", "scheduler", "dataset", "split")
+COMPONENT_GROUPS = ("model", "loss", "optimizer", "scheduler", "dataset", "split", "logger")
 GROUP_FILES = sorted((g, p.stem) for g in COMPONENT_GROUPS for p in (CONF / g).glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 

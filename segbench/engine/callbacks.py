@@ -50,6 +50,9 @@ class Callback:
     def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
         """Training stops with ``exc`` (an error, or Ctrl-C); it is raised again after every callback."""
 
+    def on_run_end(self, trainer: "Trainer", metrics: dict, run_dir: RunDir) -> None:
+        """After the test step, once metrics.json and the plots are in ``run_dir`` (loggers send them on)."""
+
     def state_dict(self) -> dict | None:
         return None
 

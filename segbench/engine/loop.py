@@ -116,7 +116,12 @@ class Trainer:
         self.stop_requested = False  # a callback (early stopping) may end training after an epoch
         # weights that validation, testing and checkpoints use instead of the trained ones (EMA sets them)
         self.averaged: nn.Module | None = None
+        self.val: SegArrays | None = None  # the val split on the device, while fitting
         self._call("setup")
+
+    def run_end(self, metrics: dict, run_dir: Any) -> None:
+        """Tell the callbacks the run is complete (metrics.json and plots written): ``on_run_end``."""
+        self._call("on_run_end", metrics, run_dir)
 
     def callback(self, kind: type) -> Any:
         """The first callback of class ``kind``, or None."""
@@ -223,6 +228,7 @@ class Trainer:
         images, masks = train.images.to(self.device), train.masks.to(self.device)
         # the whole split lives on the device; batches are indexed there
         val = SegArrays(val.images.to(self.device), val.masks.to(self.device), val.ids, val.groups)
+        self.val = val  # callbacks may predict on it (a logger's figure of val predictions)
         try:
             self._call("on_fit_start", start_epoch)
             for epoch in range(start_epoch, self.settings.epochs + 1):

@@ -1,0 +1,10 @@
+"""Experiment-tracking loggers (``logger=tensorboard``, ``logger=mlflow``, ``logger=[tensorboard,mlflow]``).
+
+Each is a training-loop callback (:class:`segbench.engine.Callback`); the run directory's own files are
+written whatever the loggers do, and a logger that fails warns once and stops, while training goes on.
+"""
+from .base import Logger, flatten
+from .mlflow import MLflowLogger
+from .tensorboard import TensorBoardLogger
+
+__all__ = ["Logger", "MLflowLogger", "TensorBoardLogger", "flatten"]

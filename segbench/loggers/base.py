@@ -1,0 +1,93 @@
+"""What every logger shares: failures that warn once instead of stopping training, and the flat config."""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..engine import Callback
+from ..errors import UserError
+from ..rundir import RunDir
+
+if TYPE_CHECKING:
+    from ..engine import Trainer
+
+log = logging.getLogger("segbench.train")
+
+
+def require(module: str, logger: str, package: str, extra: str = "tracking") -> Any:
+    """Import ``module`` for ``logger``, or a UserError naming the package and the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(f"logger={logger} needs the package '{package}', which is not installed: "
+                        f'pip install "segbench[{extra}]"') from exc
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"optimizer.lr": 0.001, ...}``; lists are kept whole (as text by the loggers)."""
+    if not isinstance(config, dict):
+        return {prefix.rstrip("."): config}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+class Logger(Callback):
+    """Base of the loggers: subclasses implement :meth:`start`, :meth:`log_epoch`, :meth:`finish` and
+    :meth:`abort`; each is called through a guard, so that the first error (a server that cannot be
+    reached, a full disk) is logged as one warning and the logger is off for the rest of the run."""
+
+    name = "logger"
+
+    def __init__(self) -> None:
+        self.run_dir: RunDir | None = None
+        self.config: dict = {}
+        self.failed = False
+
+    def attach(self, run_dir: RunDir, config: dict) -> "Logger":
+        """The run directory and the resolved config of the run being logged."""
+        self.run_dir, self.config = run_dir, config
+        return self
+
+    def _guard(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        if self.failed:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:  # any failure of a tracking backend must not cost the run
+            self.failed = True
+            log.warning("logger %s failed while %s (%s: %s); training goes on without it, and the run "
+                        "directory is written as always", self.name, what, type(exc).__name__, exc)
+
+    # hooks of the training loop, guarded
+    def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None:
+        self._guard("starting", self.start, trainer, start_epoch)
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+        self._guard(f"logging epoch {int(row['epoch'])}", self.log_epoch, trainer, row)
+
+    def on_run_end(self, trainer: "Trainer", metrics: dict, run_dir: RunDir) -> None:
+        self._guard("logging the test results", self.finish, trainer, metrics)
+
+    def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
+        self._guard("closing after an error", self.abort, exc)
+
+    # what a logger does
+    def start(self, trainer: "Trainer", start_epoch: int) -> None: ...
+
+    def log_epoch(self, trainer: "Trainer", row: dict[str, float]) -> None: ...
+
+    def finish(self, trainer: "Trainer", metrics: dict) -> None: ...
+
+    def abort(self, exc: BaseException) -> None: ...
+
+
+def final_metrics(metrics: dict) -> dict[str, float]:
+    """The numbers of metrics.json worth tracking: test and val_final metrics, best val IoU (as
+    ``best/val_iou``, apart from the per-epoch ``val/iou``) and epoch, times."""
+    keep = ("test/", "val_final/", "best_epoch", "train_time_s", "images_per_s", "params")
+    renamed = {("best/val_iou" if k == "val/iou" else k): v for k, v in metrics.items()}
+    return {k: float(v) for k, v in renamed.items() if (k.startswith(keep) or k == "best/val_iou")
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
