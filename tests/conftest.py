@@ -2,6 +2,11 @@ import os
 import sys
 from pathlib import Path
 
+# The suite runs in 2 pytest-xdist workers that also start CLI subprocesses, so several torch processes
+# share the cores; OpenMP threads that spin while they wait would slow all of them down. Set before torch
+# is imported (the workers and every subprocess inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 from skimage import io as skio

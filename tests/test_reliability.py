@@ -68,7 +68,7 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch,
 def test_killed_process_resumes_to_the_same_metrics(tmp_path):
     """SIGKILL the CLI after epoch 2 of 4 (as a cluster would), resume it in place, compare."""
     args = [o for o in FOUR if not o.startswith("dataset.num_cases")]
-    args += ["dataset.num_cases=60", "split.sizes=[40,10,10]", "dataset.image_size=48", "model.base_width=8"]
+    args += ["dataset.num_cases=40", "split.sizes=[24,8,8]"]
     reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr[-2000:]
 
