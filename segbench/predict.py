@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch-size {args.batch_size}: expected an integer >= 1")
     try:
         trained = load_trained(args.run_dir, args.checkpoint, resolve_device(args.device), args.batch_size)
-    except SegbenchError as exc:
-        print(f"segbench.predict: error: {exc}", file=sys.stderr)
+    except SegbenchError as exc:  # the device check speaks of the config key; here it is the option
+        print(f"segbench.predict: error: {str(exc).replace('trainer.device=', '--device ')}", file=sys.stderr)
         return 2
     files, failed = expand_inputs(args.inputs)
     names = output_names(files, failed)
