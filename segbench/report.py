@@ -200,14 +200,17 @@ def _curves(rows: Sequence[dict], key: str, ylabel: str, out: Path) -> None:
 
 def _bars(table: Sequence[dict], out: Path) -> None:
     done = [r for r in table if not math.isnan(r["test/iou"])][::-1]  # best at the top
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.42 * max(len(done), 1)))
+    ticks = [report_stats.tick_label(" / ".join(p for p in (r["model"], r["loss"], r["overrides"]) if p))
+             for r in done]
+    rows = max(0.42, 0.14 * max((t.count("\n") + 1 for t in ticks), default=1))
+    fig, ax = plt.subplots(figsize=(10, 1.2 + rows * max(len(done), 1)))
     y = np.arange(len(done))
     height = 0.27
     for j, (key, name) in enumerate(zip(SCORES, ["IoU", "Dice", "thresholded IoU"])):
         means = [r[key] for r in done]
         errs = [0 if r["done"] < 2 else r[f"{key}_std"] for r in done]
         ax.barh(y + (j - 1) * height, means, height, xerr=errs if any(errs) else None, label=name, capsize=2)
-    ax.set_yticks(y, [" / ".join(p for p in (r["model"], r["loss"], r["overrides"]) if p) for r in done], fontsize=8)
+    ax.set_yticks(y, ticks, fontsize=8)
     ax.set(xlim=(0, 1), xlabel="test score (per-image mean)", title="test scores by configuration")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

@@ -7,6 +7,8 @@ one holdout split (same digest), or the same k-fold cross-validation (same k, se
 from __future__ import annotations
 
 import math
+import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -149,9 +151,23 @@ def pairwise(configs: Sequence[Pooled], metric: str) -> tuple[list[str], np.ndar
     return [c.label for c in usable], diff, p
 
 
+def tick_label(text: str, width: int = 48) -> str:
+    """A configuration's label for a plot: long numbers shown with 4 significant digits
+    (``optimizer.lr=0.00294``), wrapped at commas and spaces into lines of ``width`` characters, so that
+    long override lists (a search's trials) fit beside the plot."""
+    text = re.sub(r"(?<==)-?\d+\.\d{5,}(?:e-?\d+)?", lambda m: f"{float(m.group()):.4g}", text)
+    return "\n".join(textwrap.wrap(text.replace(",", ", "), width)) or text
+
+
+def _label_lines(labels: Sequence[str]) -> int:
+    return max((label.count("\n") + 1 for label in labels), default=1)
+
+
 def plot_pairwise(labels: Sequence[str], diff: np.ndarray, p: np.ndarray, metric: str, out: Path) -> None:
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(max(5.0, 2.5 + 0.55 * n), max(3.5, 1.8 + 0.5 * n)))
+    ticks = [tick_label(label) for label in labels]
+    cell = max(0.55, 0.13 * _label_lines(ticks))  # room for each label's lines along the y axis
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.5 + 0.55 * n + 2.5), max(3.5, 1.8 + cell * n + 2.0)))
     limit = np.nanmax(np.abs(diff)) if np.isfinite(diff).any() else 1.0
     im = ax.imshow(np.ma.masked_invalid(diff), cmap="RdBu_r" if METRICS[metric] == "min" else "RdBu",
                    vmin=-limit, vmax=limit)
@@ -160,8 +176,8 @@ def plot_pairwise(labels: Sequence[str], diff: np.ndarray, p: np.ndarray, metric
             if np.isfinite(diff[i, j]):
                 mark = "*" if p[i, j] < ALPHA else ""
                 ax.text(j, i, f"{diff[i, j]:+.3f}{mark}", ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xticks(range(n), ticks, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), ticks, fontsize=7)
     ax.set_title(f"mean per-image {metric} difference (row - column)\n* Holm-adjusted Wilcoxon p < {ALPHA}",
                  fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046)
@@ -174,7 +190,9 @@ def plot_per_image(configs: Sequence[Pooled], metric: str, out: Path) -> None:
     """Box plot of each configuration's per-image scores, with the scores as points; best mean on top."""
     shown = [c for c in configs if c.scores.get(metric)]
     shown.sort(key=lambda c: np.mean(list(c.scores[metric].values())), reverse=METRICS[metric] == "min")
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.38 * max(len(shown), 1)))
+    ticks = [tick_label(f"{c.label} (n={len(c.scores[metric])})") for c in shown]
+    row = max(0.38, 0.13 * _label_lines(ticks))  # inches per configuration: room for its label's lines
+    fig, ax = plt.subplots(figsize=(10, 1.2 + row * max(len(shown), 1)))
     data = [list(c.scores[metric].values()) for c in shown]
     if data:
         try:
@@ -184,8 +202,7 @@ def plot_per_image(configs: Sequence[Pooled], metric: str, out: Path) -> None:
         rng = np.random.default_rng(0)
         for k, values in enumerate(data, 1):
             ax.scatter(values, k + rng.uniform(-0.18, 0.18, len(values)), s=5, alpha=0.5, color="tab:blue")
-        ax.set_yticks(range(1, len(shown) + 1), [f"{c.label} (n={len(c.scores[metric])})" for c in shown],
-                      fontsize=7)
+        ax.set_yticks(range(1, len(shown) + 1), ticks, fontsize=7)
     ax.set(xlabel=f"per-image test {metric}", title=f"per-image test {metric} by configuration")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -126,3 +126,13 @@ def test_kfold_settings_are_checked():
     with pytest.raises(ValueError, match="train would be empty"):
         KFold(2, 0, val_size=5).make(IDS[:10])
     assert Holdout().make(IDS, GROUPS)["digest"] == Holdout().make(IDS, GROUPS)["digest"]
+
+
+def test_plot_labels_of_long_overrides_are_shortened_and_wrapped():
+    from segbench.report_stats import tick_label
+
+    label = tick_label("unet / bce / augment.strength=0.058234394064608175,optimizer.lr=0.0029417550843132763,"
+                       "optimizer.weight_decay=1.7786975778767807e-05,seed=3")
+    assert label == ("unet / bce / augment.strength=0.05823,\noptimizer.lr=0.002942,\n"
+                     "optimizer.weight_decay=1.779e-05, seed=3")
+    assert tick_label("unet / dice") == "unet / dice"
