@@ -129,3 +129,22 @@ def test_per_image_at_original_resolution():
     assert list(groups) == ["common_nevus", "melanoma"]  # in the dataset's order, only groups present
     assert groups["melanoma"]["n"] == 1 and groups["melanoma"]["iou"] == pytest.approx(0.5)
     assert list(by_group(rows, ["b", "a"])) == ["a", "b"]  # no order given: sorted
+
+
+def test_hausdorff_of_a_lesion_cut_by_the_image_border():
+    """Mask pixels on the image border are boundary pixels (medpy's and MONAI's convention), by hand.
+
+    20x20 image; the mask is the left half (columns 0-9), the prediction stops 3 px short of the left
+    border (columns 3-9). Boundaries: the mask's columns 0 and 9 and rows 0 and 19 between them (56 px),
+    the prediction's columns 3 and 9 and rows 0 and 19 between them (50 px). The largest distance is 3
+    (prediction column 3 to mask column 0, and back); 34 of the 106 distances are 3, so HD95 is 3 too.
+    Without border pixels (skimage's find_boundaries) the mask's outline would be column 9 alone and
+    HD 6: the distance to the lesion's far side, not the prediction's error.
+    """
+    mask = np.zeros((20, 20), bool)
+    mask[:, :10] = True
+    pred = np.zeros((20, 20), bool)
+    pred[:, 3:10] = True
+    assert M.boundary(mask).sum() == 56 and M.boundary(pred).sum() == 50
+    assert M.hausdorff(pred, mask) == pytest.approx((3.0, 3.0))
+    assert M.hausdorff(mask, pred) == pytest.approx((3.0, 3.0))
