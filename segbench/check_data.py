@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         problems, readable = [str(exc)], 0
     if readable and (problem := split.check(readable, "readable cases")):
         problems.append(problem)
+    if not problems:  # the split made from the case ids (a split file naming unknown cases, say)
+        try:
+            split.make(dataset.case_ids())
+        except SegbenchError as exc:
+            problems.append(str(exc))
     if problems:
         print(f"{len(problems)} problem(s):")
         for p in problems:

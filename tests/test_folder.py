@@ -208,6 +208,17 @@ def test_split_file_csv_json_and_errors(tmp_path):
         FileSplit(str(tmp_path / "missing.csv")).make(ids)
 
 
+def test_check_data_checks_a_split_file_against_the_cases(tmp_path, capsys):
+    root = isic_tree(tmp_path / "isic", n=4)
+    split = tmp_path / "split.csv"
+    split.write_text("id,part\nISIC_0000000,train\nISIC_0000001,val\nISIC_0000009,test\n")
+    args = ["dataset=isic2018", f"dataset.root={root}", "split=file", f"split.path={split}"]
+    assert check_data.main(args) == 1
+    assert "names 1 case(s) the dataset does not have, e.g. ISIC_0000009" in capsys.readouterr().out
+    split.write_text("id,part\nISIC_0000000,train\nISIC_0000001,val\nISIC_0000003,test\n")
+    assert check_data.main(args) == 0
+
+
 def test_a_run_on_a_folder_dataset_with_a_split_file(tmp_path):
     root = isic_tree(tmp_path / "isic", n=8)
     (tmp_path / "split.csv").write_text(

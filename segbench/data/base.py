@@ -99,6 +99,10 @@ class SegDataset:
         data = self.arrays.subset(ids)
         return [m[0].numpy() for m in data.masks]
 
+    def case_ids(self) -> list[str]:
+        """The case ids, without decoding any image where the dataset can list them from its files."""
+        return self.ids
+
     def check(self) -> tuple[list[str], int]:
         """Every problem that would stop training, without training: (problems, readable cases)."""
         return [], len(self.arrays)

@@ -189,6 +189,9 @@ class Folder(SegDataset):
         return [table[c] for c in ids]
 
     # -- SegDataset ---------------------------------------------------------
+    def case_ids(self) -> list[str]:
+        return [c for c, _, _ in self.find_cases()]
+
     def original_masks(self, ids: Sequence[str]) -> list[np.ndarray]:
         """The masks at their files' resolution: (H0, W0) bool (binary) or class indices."""
         self.arrays  # noqa: B018  (lists the case files)

@@ -141,6 +141,9 @@ class PH2(SegDataset):
         self.arrays  # noqa: B018  (lists the case files)
         return [read_mask(self._mask_files[case]) for case in ids]
 
+    def case_ids(self) -> list[str]:
+        return [c for c, _, _ in find_cases(self.root)[0]]
+
     def check(self) -> tuple[list[str], int]:
         """Every problem of the dataset at once (layout, unreadable files, bad masks), without training."""
         problems: list[str] = []
