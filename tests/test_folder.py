@@ -55,9 +55,10 @@ def folder(root, **kw) -> Folder:
 
 def test_presets_read_their_layouts(tmp_path):
     isic = build(compose_cfg(["dataset=isic2018", f"dataset.root={isic_tree(tmp_path / 'isic')}",
-                              "dataset.image_size=16"]).dataset, "dataset")
+                              f"cache_dir={tmp_path}", "dataset.image_size=16"]).dataset, "dataset")
     assert isic.ids == [f"ISIC_{i:07d}" for i in range(8)] and isic.arrays.masks.shape == (8, 1, 16, 16)
-    kvasir = build(compose_cfg(["dataset=kvasir_seg", f"dataset.root={kvasir_tree(tmp_path / 'kv')}"]).dataset,
+    kvasir = build(compose_cfg(["dataset=kvasir_seg", f"dataset.root={kvasir_tree(tmp_path / 'kv')}",
+                                f"cache_dir={tmp_path}"]).dataset,
                    "dataset")
     assert kvasir.ids == ["cju0", "cju1", "cju2", "cju3"]
     assert len(np.unique(np.asarray(Image.open(tmp_path / "kv/masks/cju0.jpg")))) > 2  # lossy, really
@@ -127,7 +128,7 @@ def test_every_problem_is_listed_at_once(tmp_path, capsys):
     (images / "ISIC_0000002.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # corrupt
     (masks / "ISIC_0000003_segmentation.png").unlink()  # image without mask
     Image.fromarray(mask()).save(masks / "ISIC_0000099_segmentation.png")  # mask without image
-    args = ["dataset=isic2018", f"dataset.root={root}", "dataset.image_size=16"]
+    args = ["dataset=isic2018", f"dataset.root={root}", "dataset.image_size=16", f"cache_dir={tmp_path}"]
     assert check_data.main(args) == 1
     out = capsys.readouterr().out
     assert "5 problem(s)" in out
@@ -171,7 +172,7 @@ def test_groups_csv_stratifies_the_split(tmp_path):
     root = isic_tree(tmp_path, n=8)
     ids = [f"ISIC_{i:07d}" for i in range(8)]
     (root / "groups.csv").write_text("id,group\n" + "".join(f"{c},{'a' if i < 4 else 'b'}\n" for i, c in enumerate(ids)))
-    cfg = compose_cfg(["dataset=isic2018", f"dataset.root={root}", "dataset.groups=groups.csv",
+    cfg = compose_cfg(["dataset=isic2018", f"dataset.root={root}", "dataset.groups=groups.csv", f"cache_dir={tmp_path}",
                        "split.sizes=[4,2,2]"])
     ds = build(cfg.dataset, "dataset")
     split = Holdout([4, 2, 2]).make(ds.ids, ds.groups, ds.group_order, ds.group_key)
@@ -212,7 +213,7 @@ def test_check_data_checks_a_split_file_against_the_cases(tmp_path, capsys):
     root = isic_tree(tmp_path / "isic", n=4)
     split = tmp_path / "split.csv"
     split.write_text("id,part\nISIC_0000000,train\nISIC_0000001,val\nISIC_0000009,test\n")
-    args = ["dataset=isic2018", f"dataset.root={root}", "split=file", f"split.path={split}"]
+    args = ["dataset=isic2018", f"dataset.root={root}", "split=file", f"split.path={split}", f"cache_dir={tmp_path}"]
     assert check_data.main(args) == 1
     assert "names 1 case(s) the dataset does not have, e.g. ISIC_0000009" in capsys.readouterr().out
     split.write_text("id,part\nISIC_0000000,train\nISIC_0000001,val\nISIC_0000003,test\n")
@@ -225,6 +226,7 @@ def test_a_run_on_a_folder_dataset_with_a_split_file(tmp_path):
         "id,part\n" + "".join(f"ISIC_{i:07d},{p}\n" for i, p in enumerate("train train train train val val test test".split())))
     tiny = [a for a in TINY if not a.startswith("dataset")]
     cfg = compose_cfg([*tiny, "dataset=isic2018", f"dataset.root={root}", "dataset.image_size=16",
+                       f"cache_dir={tmp_path}",
                        "split=file", f"split.path={tmp_path / 'split.csv'}", "eval.resolution=original",
                        f"output_dir={tmp_path / 'run'}", "trainer.epochs=1"])
     metrics = run(cfg)
