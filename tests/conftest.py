@@ -85,3 +85,18 @@ def fake_ph2(tmp_path):
     lines = ["Name\tClinical Diagnosis\tAsymmetry"] + [f"{c}\t{i % 3}\t0" for i, c in enumerate(cases)]
     (root / "PH2_dataset.txt").write_text("\r\n".join(lines) + "\r\n")
     return root
+
+
+def needs(*modules: str, extra: str):
+    """Skip a test, saying which extra installs them, when any of ``modules`` is missing
+    (``.ci/run`` installs every extra, so these tests run in CI)."""
+    import importlib.util
+
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except ModuleNotFoundError:  # its parent package is missing too
+            return True
+
+    missing = [m for m in modules if absent(m)]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}: pip install -e \".[{extra}]\"")

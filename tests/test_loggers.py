@@ -15,7 +15,9 @@ import yaml
 from segbench.errors import UserError
 from segbench.train import run
 
-from .conftest import TINY, compose_cfg, run_cli
+from .conftest import TINY, compose_cfg, needs, run_cli
+
+TRACKING = needs("mlflow", "tensorboard", extra="tracking")
 
 
 def free_port() -> int:
@@ -24,6 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@TRACKING
 def test_tensorboard_and_mlflow_together(tmp_path):
     from mlflow import MlflowClient, search_runs, set_tracking_uri
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -55,6 +58,7 @@ def test_tensorboard_and_mlflow_together(tmp_path):
         {"metrics.json", "history.csv", "curves.png", "predictions.png"}
 
 
+@TRACKING
 def test_unreachable_mlflow_warns_once_and_the_run_finishes(tmp_path, caplog):
     out = tmp_path / "run"
     metrics = run(compose_cfg([*TINY, f"output_dir={out}", "logger=mlflow",
@@ -72,6 +76,8 @@ def test_a_missing_package_names_the_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "history.csv").exists()  # refused before any training
 
 
+@TRACKING
+@needs("hydra_plugins.hydra_optuna_sweeper", extra="search")
 def test_optuna_search_maximises_val_iou_and_logs_one_experiment(tmp_path):
     """A tiny search: seeded TPE, every trial in the report, one MLflow experiment for the sweep."""
     sweep, uri = tmp_path / "search", f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -94,6 +100,7 @@ def test_optuna_search_maximises_val_iou_and_logs_one_experiment(tmp_path):
 
 
 @pytest.mark.slow
+@TRACKING
 def test_a_real_mlflow_server(tmp_path):
     """Start `mlflow server` on a free local port, log a tiny run to it over HTTP, read it back, stop it."""
     port = free_port()

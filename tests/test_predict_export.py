@@ -16,7 +16,7 @@ from segbench.evaluate import predict_masks, predict_tta
 from segbench.inference import load_trained
 from segbench.train import run
 
-from .conftest import TINY, compose_cfg
+from .conftest import TINY, compose_cfg, needs
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,8 @@ def test_predict_bad_run_dir(tmp_path, capsys):
     assert "checkpoints/best.pt' does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs("onnx", "onnxscript", "onnxruntime", extra="export")),
+                                 "torchscript"])
 def test_export_runs_like_pytorch_on_other_sizes(trained_run, fmt, tmp_path):
     path = tmp_path / f"model.{fmt}"
     assert export.main([str(trained_run), "--format", fmt, "--output", str(path)]) == 0
