@@ -67,10 +67,10 @@ class MLflowLogger(Logger):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = self.tracking_uri
-        local = uri.startswith("sqlite:///") and not uri.startswith("sqlite:////")
-        if local:  # relative to the working directory, as outputs/ is
-            uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        uri, store = self.tracking_uri, None
+        if uri.startswith("sqlite:///"):  # a local file: relative to the working directory, as outputs/ is
+            store = Path(uri[len("sqlite:///"):]).resolve()
+            uri = f"sqlite:///{store}"
         self.client = MlflowClient(tracking_uri=uri)
         if self.run_id is not None:  # a resumed run continues its MLflow run
             self.client.update_run(self.run_id, status="RUNNING")
@@ -79,8 +79,8 @@ class MLflowLogger(Logger):
         name = self.experiment_name or sweep or "segbench"
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
-            location = (Path("mlartifacts").resolve() / name.replace("/", "_")).as_uri() \
-                if uri.startswith("sqlite:") else None
+            # artifacts beside the database file (mlartifacts/), as `mlflow server` keeps them; a server decides
+            location = (store.parent / "mlartifacts" / name.strip("/").replace("/", "_")).as_uri() if store else None
             experiment_id = self.client.create_experiment(name, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
