@@ -40,24 +40,23 @@ def main(cfg: DictConfig) -> float | None:
     return float(metrics["val/iou"])
 
 
-# config groups whose options need an optional extra: (option prefix, module, package, extra)
+# options that need an optional extra: (option, module, package, extra)
 OPTIONAL = [("hparams_search=optuna", "hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "search")]
 
 
 def cli(argv: list[str] | None = None) -> None:
     """The ``segbench`` command: checks that an option needing an optional extra has its package (Hydra
     would only say that it cannot find a config), then runs :func:`main`."""
-    import importlib
+    from segbench.extras import require
 
     args = sys.argv[1:] if argv is None else argv
-    for option, module, package, extra in OPTIONAL:
-        if option in args:
-            try:
-                importlib.import_module(module)
-            except ImportError:
-                print(f"segbench: error: {option} needs the package '{package}', which is not installed: "
-                      f'pip install "segbench[{extra}]"', file=sys.stderr)
-                raise SystemExit(2) from None
+    try:
+        for option, module, package, extra in OPTIONAL:
+            if option in args:
+                require(module, package, extra, option)
+    except SegbenchError as exc:
+        print(f"segbench: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     main()
 
 

@@ -15,29 +15,20 @@ file is written. ONNX needs the extra: pip install "segbench[export]".
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import SegbenchError, UserError
+from .errors import SegbenchError
+from .extras import require
 from .inference import CHECKPOINTS, TrainedModel, load_trained
+from .io import atomic_file, write_json
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-EXTRA = 'pip install "segbench[export]"'
-
-
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError as exc:
-        raise UserError(f"--format onnx needs the package '{module}', which is not installed: {EXTRA}") from exc
 
 
 def _check_batch(trained: TrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,9 +39,9 @@ def _check_batch(trained: TrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def export_onnx(trained: TrainedModel, path: Path, opset: int | None = None) -> None:
-    for module in ("onnx", "onnxscript", "onnxruntime"):
-        _require(module)
-    import onnxruntime
+    for module in ("onnx", "onnxscript"):  # what torch.onnx.export needs
+        require(module, module, "export", "--format onnx")
+    onnxruntime = require("onnxruntime", "onnxruntime", "export", "--format onnx")
 
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "no torchvision"
     traced, check = _check_batch(trained)
@@ -94,27 +85,17 @@ def _compare(trained: TrainedModel, x: torch.Tensor, got: torch.Tensor, what: st
 
 def export(trained: TrainedModel, fmt: str, output: Path, opset: int | None = None) -> dict:
     """Write the model to ``output`` (checked first, then moved into place) and ``<output>.json``."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=FORMATS[fmt], dir=output.parent)
-    os.close(fd)
-    try:
+    with atomic_file(output, suffix=FORMATS[fmt]) as tmp:  # nothing is left behind on an error
         try:
             if fmt == "onnx":
-                export_onnx(trained, Path(tmp), opset)
+                export_onnx(trained, tmp, opset)
             else:
-                export_torchscript(trained, Path(tmp))
+                export_torchscript(trained, tmp)
         except SegbenchError:
             raise
         except Exception as exc:  # the exporters' own errors (unsupported op, tracing failure)
             raise SegbenchError(f"exporting to {fmt} failed, nothing was written: {type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-        os.replace(tmp, output)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(output, 0o666 & ~umask)  # mkstemp made it private
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     info = {
         "format": fmt, "run_dir": str(trained.run_dir.path), "input": "float32 (batch, 3, height, width) RGB in [0, 1]",
         "output": "logits (batch, classes, height, width)", "image_size": trained.image_size,
@@ -122,7 +103,7 @@ def export(trained: TrainedModel, fmt: str, output: Path, opset: int | None = No
         "prediction": "sigmoid(logits) > threshold" if trained.num_classes == 1 else "argmax over classes",
         "not_included": {"tta": trained.tta, "postprocess": trained.postprocess},
     }
-    Path(f"{output}.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(Path(f"{output}.json"), info)
     return info
 
 

@@ -12,7 +12,6 @@ predicted; the exit status is then 1. Existing output files are not overwritten 
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from .data.arrays import IMAGE_SUFFIXES, image_files, read_rgb, resize_image
 from .engine import resolve_device
 from .errors import SegbenchError
 from .inference import CHECKPOINTS, TrainedModel, load_trained
+from .io import write_csv
 from .plotting import class_colours
 
 CSV_NAME = "predictions.csv"
@@ -151,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{trained.image_size}px, threshold {trained.threshold:.2f}, tta {trained.tta}, "
           f"postprocess {trained.postprocess}) into {output}/")
     rows = predict_files(trained, names, output, args.batch_size, failed, progress=not args.no_progress)
-    with open(output / CSV_NAME, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(output / CSV_NAME, rows, CSV_COLUMNS)
     print(f"wrote {len(rows)} prediction(s) and {output / CSV_NAME}")
     if failed:
         print(f"{len(failed)} input(s) failed:", file=sys.stderr)

@@ -1,27 +1,16 @@
 """What every logger shares: failures that warn once instead of stopping training, and the flat config."""
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..engine import Callback
-from ..errors import UserError
 from ..rundir import RunDir
 
 if TYPE_CHECKING:
     from ..engine import Trainer
 
 log = logging.getLogger("segbench.train")
-
-
-def require(module: str, logger: str, package: str, extra: str = "tracking") -> Any:
-    """Import ``module`` for ``logger``, or a UserError naming the package and the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise UserError(f"logger={logger} needs the package '{package}', which is not installed: "
-                        f'pip install "segbench[{extra}]"') from exc
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

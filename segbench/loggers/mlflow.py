@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Logger, final_metrics, flatten, require
+from ..extras import require
+from .base import Logger, final_metrics, flatten
 
 if TYPE_CHECKING:
     from ..engine import Trainer
@@ -41,7 +42,7 @@ class MLflowLogger(Logger):
     def __init__(self, tracking_uri: str | None = None, experiment_name: str | None = None,
                  run_name: str | None = None, log_model: bool = False) -> None:
         super().__init__()
-        require("mlflow", self.name, "mlflow")
+        require("mlflow", "mlflow", "tracking", f"logger={self.name}")
         self.tracking_uri = tracking_uri or DEFAULT_URI
         self.experiment_name, self.run_name, self.log_model = experiment_name, run_name, bool(log_model)
         self.run_id: str | None = None

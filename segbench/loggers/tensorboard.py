@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 import matplotlib.pyplot as plt
 
 from ..validation import check_int
-from .base import Logger, final_metrics, flatten, require
+from ..extras import require
+from .base import Logger, final_metrics, flatten
 
 if TYPE_CHECKING:
     from ..engine import Trainer
@@ -27,7 +28,7 @@ class TensorBoardLogger(Logger):
 
     def __init__(self, subdir: str = "tensorboard", image_every: int = 10, num_images: int = 4) -> None:
         super().__init__()
-        self.tb = require("torch.utils.tensorboard", self.name, "tensorboard")
+        self.tb = require("torch.utils.tensorboard", "tensorboard", "tracking", f"logger={self.name}")
         self.subdir = str(subdir)
         self.image_every = check_int("logger.tensorboard.image_every", image_every, low=0)
         self.num_images = check_int("logger.tensorboard.num_images", num_images, low=1)
