@@ -29,7 +29,7 @@ NUMBERS = [*SCORES, "test/hd95", "val/iou", "best_epoch", "params", "train_time_
 COLUMN_KEYS = ("model", "loss", "seed", "split.fold")
 
 
-def class_keys(metrics: dict) -> list[str]:
+def per_class_keys(metrics: dict) -> list[str]:
     """A multi-class run's per-class test metrics (``test/iou_<class>``, ``test/dice_<class>``), in order."""
     return [k for k in metrics if k.startswith(("test/iou_", "test/dice_"))
             and k not in ("test/iou_score", "test/iou_micro", "test/dice_micro")]
@@ -56,7 +56,7 @@ def load_run(run_dir: RunDir) -> dict:
         "per_image": run_dir.read_per_image() if metrics.get("status") == "done" else [],
     }
     row.update({k: metrics.get(k, math.nan) for k in NUMBERS})
-    row["classes"] = {k: metrics[k] for k in class_keys(metrics)}
+    row["classes"] = {k: metrics[k] for k in per_class_keys(metrics)}
     return row
 
 
@@ -104,7 +104,8 @@ def _fmt(value: float, std: float | None = None, digits: int = 3) -> str:
     return f"{text} ± {std:.{digits}f}" if std is not None and not math.isnan(std) else text
 
 
-def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, common: Sequence[str]) -> str:
+def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, common: Sequence[str],
+              classes: Sequence[str] = ()) -> str:
     seeds = any(r["runs"] > 1 for r in table)
     lines = [
         f"# segbench comparison: {len(rows)} runs, {len(table)} configurations",
@@ -135,7 +136,7 @@ def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, comm
             f"| {_fmt(r['best_epoch'], digits=1)} | {params} | {_fmt(r['train_time_s'], digits=1)} "
             f"| {_fmt(r['images_per_s'], digits=1)} | {r['runs']} | {status} |"
         )
-    lines += _class_lines(table)
+    lines += _class_lines(table, classes)
     failed = [r for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", "## Runs that did not finish", ""]
@@ -144,10 +145,9 @@ def _markdown(table: Sequence[dict], rows: Sequence[dict], split_note: str, comm
     return "\n".join(lines)
 
 
-def _class_lines(table: Sequence[dict]) -> list[str]:
-    """Multi-class runs: each foreground class's test IoU and Dice per configuration, in the table's order."""
-    keys = list(dict.fromkeys(k for r in table for k in r if k.startswith(("test/iou_", "test/dice_"))
-                              and not k.endswith("_std") and k in class_keys(r)))
+def _class_lines(table: Sequence[dict], keys: Sequence[str]) -> list[str]:
+    """Multi-class runs: each foreground class's test IoU and Dice (``keys``) per configuration, in the
+    table's order."""
     if not keys:
         return []
     names = [k.split("/", 1)[1].replace("_", " ", 1) for k in keys]  # "iou core"
@@ -202,7 +202,7 @@ def _bars(table: Sequence[dict], out: Path) -> None:
     done = [r for r in table if not math.isnan(r["test/iou"])][::-1]  # best at the top
     ticks = [report_stats.tick_label(" / ".join(p for p in (r["model"], r["loss"], r["overrides"]) if p))
              for r in done]
-    rows = max(0.42, 0.14 * max((t.count("\n") + 1 for t in ticks), default=1))
+    rows = max(0.42, 0.14 * report_stats.label_lines(ticks))
     fig, ax = plt.subplots(figsize=(10, 1.2 + rows * max(len(done), 1)))
     y = np.arange(len(done))
     height = 0.27
@@ -294,6 +294,7 @@ def build_report(run_dirs: Sequence[RunDir], out_dir: Path, metric: str = "iou",
     rows = [load_run(d) for d in run_dirs]
     common = split_common_overrides(rows)
     table = aggregate(rows)
+    classes = list(dict.fromkeys(k for r in rows for k in r["classes"]))  # multi-class runs' per-class metrics
     splits = sorted({r["split"] for r in rows if r["split"]})
     split_note = _split_note(rows)
     groups: dict[tuple, list[dict]] = {}
@@ -313,14 +314,14 @@ def build_report(run_dirs: Sequence[RunDir], out_dir: Path, metric: str = "iou",
                   "p_wilcoxon": s["p"], "p_holm": s["p_holm"], "distinguishable": s["distinguishable"]})
     columns = ["model", "loss", "overrides", "runs", "done", "failed", "status", "seeds"]
     columns += [c for k in NUMBERS for c in (k, f"{k}_std")]
-    columns += [c for k in dict.fromkeys(k for r in rows for k in r["classes"]) for c in (k, f"{k}_std")]
+    columns += [c for k in classes for c in (k, f"{k}_std")]
     columns += [f"pooled_{metric}", f"pooled_{metric}_ci_low", f"pooled_{metric}_ci_high", "cases", "difference",
                 "difference_ci_low", "difference_ci_high", "p_wilcoxon", "p_holm", "distinguishable", "errors"]
     write_csv(out_dir / "summary.csv", table, columns)
     run_columns = ["run", "model", "loss", "overrides", "seed", "status", *NUMBERS, "split", "error"]
     write_csv(out_dir / "runs.csv", [{**r, "run": str(r["run"])} for r in rows],
               run_columns)  # the history is not written
-    markdown = _markdown(table, rows, split_note, common) + "\n".join(report_stats.markdown(result, metric))
+    markdown = _markdown(table, rows, split_note, common, classes) + "\n".join(report_stats.markdown(result, metric))
     (out_dir / "summary.md").write_text(markdown)
     report_stats.plot_per_image(pooled, metric, out_dir / f"per_image_{metric}.png")
     report_stats.plot_pairwise(*report_stats.pairwise(pooled, metric), metric, out_dir / f"pairwise_{metric}.png")

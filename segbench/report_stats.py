@@ -159,14 +159,15 @@ def tick_label(text: str, width: int = 48) -> str:
     return "\n".join(textwrap.wrap(text.replace(",", ", "), width)) or text
 
 
-def _label_lines(labels: Sequence[str]) -> int:
+def label_lines(labels: Sequence[str]) -> int:
+    """The most lines any of ``labels`` (:func:`tick_label`) spans."""
     return max((label.count("\n") + 1 for label in labels), default=1)
 
 
 def plot_pairwise(labels: Sequence[str], diff: np.ndarray, p: np.ndarray, metric: str, out: Path) -> None:
     n = len(labels)
     ticks = [tick_label(label) for label in labels]
-    cell = max(0.55, 0.13 * _label_lines(ticks))  # room for each label's lines along the y axis
+    cell = max(0.55, 0.13 * label_lines(ticks))  # room for each label's lines along the y axis
     fig, ax = plt.subplots(figsize=(max(5.0, 2.5 + 0.55 * n + 2.5), max(3.5, 1.8 + cell * n + 2.0)))
     limit = np.nanmax(np.abs(diff)) if np.isfinite(diff).any() else 1.0
     im = ax.imshow(np.ma.masked_invalid(diff), cmap="RdBu_r" if METRICS[metric] == "min" else "RdBu",
@@ -191,7 +192,7 @@ def plot_per_image(configs: Sequence[Pooled], metric: str, out: Path) -> None:
     shown = [c for c in configs if c.scores.get(metric)]
     shown.sort(key=lambda c: np.mean(list(c.scores[metric].values())), reverse=METRICS[metric] == "min")
     ticks = [tick_label(f"{c.label} (n={len(c.scores[metric])})") for c in shown]
-    row = max(0.38, 0.13 * _label_lines(ticks))  # inches per configuration: room for its label's lines
+    row = max(0.38, 0.13 * label_lines(ticks))  # inches per configuration: room for its label's lines
     fig, ax = plt.subplots(figsize=(10, 1.2 + row * max(len(shown), 1)))
     data = [list(c.scores[metric].values()) for c in shown]
     if data:

@@ -30,8 +30,9 @@ def rescore(run_dir: RunDir, device: str = "cpu", dataset_root: str | None = Non
     old = run_dir.read_metrics()
     if old.get("status") != "done":
         raise SegbenchError(f"{run_dir.path}: status {old.get('status') or 'unknown'}; only finished runs are rescored")
-    config = load_trained(run_dir.path, "best", device).config
-    trained = load_trained(run_dir.path, "best", device, batch_size=int(config["trainer"]["eval_batch_size"]))
+    trained = load_trained(run_dir.path, "best", device)
+    config = trained.config
+    trained.batch_size = int(config["trainer"]["eval_batch_size"])  # the run's own evaluation batches
     dataset_cfg = dict(config["dataset"], **({"root": dataset_root} if dataset_root else {}))
     dataset = build(dataset_cfg, "dataset")
     parts = dataset.parts(run_dir.read_split())
