@@ -57,17 +57,15 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     return unique, failed
 
 
-def output_names(files: list[Path], failed: list[tuple[str, str]]) -> dict[Path, str]:
-    """The output stem of each file: its own stem; a second file with the same stem fails."""
-    names: dict[Path, str] = {}
-    taken: dict[str, Path] = {}
+def distinct_stems(files: list[Path], failed: list[tuple[str, str]]) -> list[Path]:
+    """The files whose outputs (named by stem) do not collide: a second file with a stem fails."""
+    kept: dict[str, Path] = {}
     for path in files:
-        if path.stem in taken:
-            failed.append((str(path), f"its outputs would overwrite those of '{taken[path.stem]}' (same stem)"))
+        if path.stem in kept:
+            failed.append((str(path), f"its outputs would overwrite those of '{kept[path.stem]}' (same stem)"))
             continue
-        taken[path.stem] = path
-        names[path] = path.stem
-    return names
+        kept[path.stem] = path
+    return list(kept.values())
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -81,11 +79,10 @@ def overlay(image: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def predict_files(trained: TrainedModel, names: dict[Path, str], output: Path, batch_size: int,
+def predict_files(trained: TrainedModel, files: list[Path], output: Path, batch_size: int,
                   failed: list[tuple[str, str]], progress: bool = True) -> list[dict]:
     """Predict every file, writing its mask and overlay; returns the rows of predictions.csv."""
     rows = []
-    files = list(names)
     with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
         for start in range(0, len(files), batch_size):
             batch, images = [], []
@@ -102,7 +99,7 @@ def predict_files(trained: TrainedModel, names: dict[Path, str], output: Path, b
             logits = trained.logits(inputs)
             for i, (path, image) in enumerate(zip(batch, images)):
                 pred, prob = trained.masks(logits[i : i + 1], image.shape[:2])
-                stem = names[path]
+                stem = path.stem
                 stored = pred.astype(np.uint8) * (255 if trained.num_classes == 1 else 1)
                 Image.fromarray(stored).save(output / f"{stem}.png")
                 Image.fromarray(overlay(image, pred, trained.num_classes)).save(output / f"{stem}_overlay.png")
@@ -138,19 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segbench.predict: error: {str(exc).replace('trainer.device=', '--device ')}", file=sys.stderr)
         return 2
     files, failed = expand_inputs(args.inputs)
-    names = output_names(files, failed)
+    files = distinct_stems(files, failed)
     output = Path(args.output)
-    targets = [output / CSV_NAME] + [output / f"{s}{suffix}" for s in names.values() for suffix in (".png", "_overlay.png")]
+    targets = [output / CSV_NAME] + [output / f"{p.stem}{suffix}" for p in files for suffix in (".png", "_overlay.png")]
     existing = [p for p in targets if p.exists()]
     if existing and not args.overwrite:
         print(f"segbench.predict: error: {len(existing)} output file(s) exist already, e.g. '{existing[0]}'; "
               "use --overwrite to replace them, or another --output", file=sys.stderr)
         return 2
     output.mkdir(parents=True, exist_ok=True)
-    print(f"predicting {len(names)} image(s) with {trained.run_dir.path} ({args.checkpoint} checkpoint, "
+    print(f"predicting {len(files)} image(s) with {trained.run_dir.path} ({args.checkpoint} checkpoint, "
           f"{trained.image_size}px, threshold {trained.threshold:.2f}, tta {trained.tta}, "
           f"postprocess {trained.postprocess}) into {output}/")
-    rows = predict_files(trained, names, output, args.batch_size, failed, progress=not args.no_progress)
+    rows = predict_files(trained, files, output, args.batch_size, failed, progress=not args.no_progress)
     write_csv(output / CSV_NAME, rows, CSV_COLUMNS)
     print(f"wrote {len(rows)} prediction(s) and {output / CSV_NAME}")
     if failed:
