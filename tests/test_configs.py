@@ -9,7 +9,7 @@ import yaml
 
 from segbench.build import build_schedule
 from segbench.splits import Split
-from tests.conftest import CONF, TINY, compose_cfg, run_cli
+from tests.conftest import CONF, TINY, compose_cfg, needs, run_cli
 
 COMPONENT_GROUPS = ("model", "loss", "optimizer", "scheduler", "dataset", "split", "logger")
 GROUP_FILES = sorted((g, p.stem) for g in COMPONENT_GROUPS for p in (CONF / g).glob("*.yaml"))
@@ -26,7 +26,13 @@ CASES = [("none", g, n) for g, n in GROUP_FILES] + [("ph2_recipe", g, n) for g, 
 MANDATORY = {("dataset", "folder"): ["dataset.root=data/mine"], ("split", "file"): ["split.path=split.csv"]}
 
 
-@pytest.mark.parametrize("experiment, group, name", CASES, ids=[f"{e}:{g}={n}" for e, g, n in CASES])
+# options whose classes import an optional extra's package: skipped, naming it, without that extra
+EXTRAS = {("logger", "mlflow"): needs("mlflow", extra="tracking"),
+          ("logger", "tensorboard"): needs("tensorboard", extra="tracking")}
+
+
+@pytest.mark.parametrize("experiment, group, name", [
+    pytest.param(e, g, n, id=f"{e}:{g}={n}", marks=[EXTRAS[(g, n)]] if (g, n) in EXTRAS else []) for e, g, n in CASES])
 def test_config_file_instantiates(group, name, experiment, tmp_path):
     """Every option of every group builds."""
     cfg = compose_cfg([f"experiment={experiment}", f"{group}={name}", "model.base_width=4", f"cache_dir={tmp_path}",

@@ -105,6 +105,7 @@ def test_export_runs_like_pytorch_on_other_sizes(trained_run, fmt, tmp_path):
     assert export.main([str(trained_run), "--format", fmt, "--output", str(path)]) == 2  # exists: refused
 
 
+@needs("onnx", "onnxscript", extra="export")  # onnxruntime is made to look missing; the others are checked first
 def test_onnx_without_its_packages_names_the_extra(trained_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # import fails as if not installed
     assert export.main([str(trained_run), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 2
