@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -143,13 +146,35 @@ def _resume(cfg: DictConfig, run_dir: RunDir, trainer: Trainer, resolved: dict) 
 
 
 def resume_command(run_dir: RunDir) -> str:
-    """The command that continues this run (or sweep) in place."""
+    """The command that continues this run in place; in a sweep, the whole sweep's first, then this job's.
+
+    A sweep job's own overrides are single values, so re-running them with ``-m`` would put the job
+    in a differently named dir (the names keep only what varies); the sweep's overrides are read
+    back from its ``multirun.yaml``, and the job alone continues with ``hydra.run.dir``.
+    """
     if not HydraConfig.initialized():
         return f"segbench.train.run(cfg) with output_dir={run_dir.path} trainer.resume=auto"
     hc = HydraConfig.get()
-    overrides = [o for o in hc.overrides.task if not o.startswith("trainer.resume=")]
-    if hc.mode == RunMode.MULTIRUN:
-        return f"python -m segbench -m {' '.join(overrides)} hydra.sweep.dir={hc.sweep.dir} trainer.resume=auto"
-    return f"python -m segbench {' '.join(overrides)} hydra.run.dir={run_dir.path} trainer.resume=auto"
+    alone = _command(list(hc.overrides.task), "hydra.run.dir", run_dir.path)
+    if hc.mode != RunMode.MULTIRUN:
+        return alone
+    sweep_file = Path(hc.sweep.dir) / "multirun.yaml"
+    try:
+        sweep = [str(o) for o in OmegaConf.load(sweep_file).hydra.overrides.task]
+    except Exception:  # noqa: BLE001 - only the hint degrades: the job's error is what matters
+        sweep = ["<the sweep's overrides>"]
+    whole = _command(["-m", *sweep], "hydra.sweep.dir", hc.sweep.dir)
+    return f"{whole}\n  (the whole sweep: finished jobs are skipped), or this job alone:\n  {alone}"
 
 
+_PLAIN_VALUE = re.compile(r"[\w./:@%+~-]*")  # a Hydra override value that needs no quotes
+
+
+def _command(overrides: list[str], dir_key: str, path: str | Path) -> str:
+    """``python -m segbench`` with ``overrides`` (shell-quoted) and ``dir_key`` set to ``path``."""
+    path = str(path)
+    if not _PLAIN_VALUE.fullmatch(path):  # ``=`` and ``,`` in sweep job dirs are Hydra syntax
+        path = '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    kept = [o for o in overrides if not o.startswith(("trainer.resume=", f"{dir_key}="))]
+    args = [*kept, f"{dir_key}={path}", "trainer.resume=auto"]
+    return "python -m segbench " + " ".join(shlex.quote(a) for a in args)

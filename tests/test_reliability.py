@@ -1,6 +1,7 @@
 """Resume, interrupts, crash safety, divergence, out-of-memory, config validation, dataset integrity."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -9,12 +10,16 @@ import time
 import numpy as np
 import pytest
 import torch
+from hydra.conf import HydraConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 from skimage import io as skio
 
 from segbench import check_data
 from segbench.errors import TrainingError, UserError
 from segbench.engine import Trainer
-from segbench.train import run
+from segbench.rundir import RunDir
+from segbench.train import resume_command, run
 from tests.conftest import TINY, compose_cfg, run_cli, write_case
 
 FOUR = [*TINY, "trainer.epochs=4"]
@@ -119,6 +124,22 @@ def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
     assert resumed["status"] == "done" and resumed["epochs"] == 4
 
 
+def resume_hint(job_dir):
+    """What an interrupted sweep job logs to resume, computed under that job's own Hydra config."""
+    hydra_cfg = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml")
+    hydra_node = OmegaConf.structured(HydraConf)  # what a job's HydraConfig holds and the hint reads
+    hydra_node.mode = hydra_cfg.hydra.mode
+    hydra_node.sweep.dir = hydra_cfg.hydra.sweep.dir
+    hydra_node.overrides.task = list(hydra_cfg.hydra.overrides.task)
+    HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra_node}))
+    try:
+        hint = resume_command(RunDir(job_dir))
+    finally:
+        HydraConfig.instance().cfg = None
+    commands = [line.strip() for line in hint.splitlines() if line.strip().startswith("python -m segbench")]
+    return [shlex.split(c)[3:] for c in commands]  # the args after python -m segbench
+
+
 def test_sweep_rerun_completes_only_what_is_missing(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *[o for o in TINY if not o.startswith("trainer.device")], "loss=bce,dice", f"hydra.sweep.dir={sweep}"]
@@ -127,12 +148,23 @@ def test_sweep_rerun_completes_only_what_is_missing(tmp_path):
     unfinished = sweep / "loss=dice"
     stamp = (done / "checkpoints" / "last.pt").stat().st_mtime_ns
     (unfinished / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "KeyboardInterrupt"}))
-    result = run_cli([*args, "trainer.resume=auto"], cwd=tmp_path)
+    whole, alone = resume_hint(unfinished)  # the hint names the sweep's overrides, not the job's single values
+    assert whole == [*args, "trainer.resume=auto"]
+    result = run_cli(whole, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (done / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp  # not trained again
     assert json.loads((unfinished / "metrics.json").read_text())["status"] == "done"
     assert "is complete" in (done / "train.log").read_text()
     assert (sweep / "summary.md").read_text().count("| done |") == 2
+    # one job alone, in its own dir (named "loss=bce": a Hydra value that must be quoted)
+    (done / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "KeyboardInterrupt"}))
+    _, alone = resume_hint(done)
+    assert f'hydra.run.dir="{done}"' in alone
+    result = run_cli(alone, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((done / "metrics.json").read_text())["status"] == "done"
+    assert "resuming from" in (done / "train.log").read_text()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["loss=bce", "loss=dice"]  # no new job dir
 
 
 def test_nan_loss_fails_with_epoch_batch_and_causes(tmp_path):
