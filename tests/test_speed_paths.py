@@ -86,7 +86,6 @@ def test_fast_path_equals_the_reference_loop_on_one_batch(tmp_path):
     mean, std = np.array(normalizer.mean).reshape(3, 1, 1), np.array(normalizer.std).reshape(3, 1, 1)
     x = torch.from_numpy(np.stack([(img.numpy() / 255.0 - mean) / std for img in data.images]).astype(np.float32))
     y = data.masks.float()
-    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-3)
     ref_loss = BCELoss()(ref_model(x), y)
     ref_loss.backward()
     ref_grads = [p.grad.clone() for p in ref_model.parameters()]
