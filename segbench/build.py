@@ -94,6 +94,18 @@ def build_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, ep
         raise _rejected(exc, "scheduler", node.get("_target_")) from exc
 
 
+def check_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int) -> None:
+    """Build the scheduler once on a one-parameter copy of ``optimizer``, so that its arguments are
+    checked before any data is read (the real one needs the number of batches, known after the data)."""
+    if not node or not node.get("_target_"):
+        return
+    accepted = inspect.signature(type(optimizer)).parameters  # defaults may hold more than the arguments
+    device_only = ("fused", "foreach", "capturable", "differentiable")  # tied to the real parameters
+    probe = type(optimizer)([torch.zeros(1, requires_grad=True)],
+                            **{k: v for k, v in optimizer.defaults.items() if k in accepted and k not in device_only})
+    build_schedule(node, probe, epochs, batches_per_epoch=1)
+
+
 def build_augment(node: DictConfig | None) -> Augment | None:
     """The batch augmentation of ``augment=...``, or None when it has no ops (``augment=none``)."""
     if not node or not node.get("_target_"):

@@ -17,7 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .build import build, build_augment, build_callbacks, build_loggers, build_optimizer, build_schedule
+from .build import (build, build_augment, build_callbacks, build_loggers, build_optimizer, build_schedule,
+                    check_schedule)
 from .config import check_resumable, choices, validate
 from .data import SegDataset
 from .errors import UserError
@@ -67,11 +68,12 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     names = choices(cfg)
     log.info("run dir %s; device %s; %s", run_dir.path, device, ", ".join(f"{k}={v}" for k, v in names.items()))
-    # 2. components, before any data is read (the scheduler needs the number of batches: after the data)
+    # 2. components, before any data is read (the scheduler needs the number of batches: checked now, built after)
     seed_everything(int(cfg.seed))
     model = build(cfg.model, "model")
     loss_fn = build(cfg.loss, "loss")
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), device)
+    check_schedule(cfg.get("scheduler"), optimizer, int(cfg.trainer.epochs))
     dataset: SegDataset = build(cfg.dataset, "dataset")
     splitter: Split = build(cfg.split, "split")
     augment = build_augment(cfg.get("augment"))

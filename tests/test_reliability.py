@@ -274,12 +274,15 @@ def test_a_failed_checkpoint_write_names_the_file(tmp_path):
         ("scheduler.interval=batch", "scheduler.interval='batch' is invalid; expected one of \\['epoch', 'step'\\]"),
         ("scheduler=plateau scheduler.monitor=val/iuo", "scheduler.monitor='val/iuo' is invalid; .*did you mean 'val/iou'"),
         ("scheduler=cosine scheduler.warmup=-1", "scheduler.warmup=-1 is invalid; expected an integer >= 0"),
+        ("scheduler=onecycle scheduler.pct_start=1.5", r"scheduler \(torch.optim.lr_scheduler.OneCycleLR\): .*pct_start"),
     ],
 )
 def test_invalid_config_values_are_named(tmp_path, override, message):
     with pytest.raises(UserError, match=message):
         run(compose_cfg([*TINY, *override.split(), f"output_dir={tmp_path}"]))
     assert not (tmp_path / "checkpoints").exists()  # no work was done
+    if not override.startswith("split.sizes"):  # the split's sizes are checked against the cases it splits
+        assert not (tmp_path / "split.json").exists()  # named before the data was read
 
 
 # -- dataset integrity on a damaged copy of a small PH2-layout dataset ----------
