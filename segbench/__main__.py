@@ -9,9 +9,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from segbench.config import register_resolvers
 from segbench.errors import SegbenchError
 
 log = logging.getLogger("segbench")
+register_resolvers()  # before Hydra resolves hydra.sweep.subdir
 
 
 @hydra.main(version_base="1.3", config_path="pkg://segbench.conf", config_name="config")

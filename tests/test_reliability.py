@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 from hydra.conf import HydraConf
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
@@ -165,6 +166,47 @@ def test_sweep_rerun_completes_only_what_is_missing(tmp_path):
     assert json.loads((done / "metrics.json").read_text())["status"] == "done"
     assert "resuming from" in (done / "train.log").read_text()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["loss=bce", "loss=dice"]  # no new job dir
+    # a narrower re-run (loss=dice alone: nothing swept, so its default name is every override) continues
+    # the job of the same overrides instead of training it again in a new dir
+    (unfinished / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "KeyboardInterrupt"}))
+    stamp = (unfinished / "checkpoints" / "last.pt").stat().st_mtime_ns
+    narrower = ["-m", *[o for o in TINY if not o.startswith("trainer.device")], "loss=dice", f"hydra.sweep.dir={sweep}",
+                "trainer.resume=auto", "trainer.progress=false"]
+    result = run_cli(narrower, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["loss=bce", "loss=dice"]
+    assert json.loads((unfinished / "metrics.json").read_text())["status"] == "done"
+    assert "resuming from" in (unfinished / "train.log").read_text()
+    assert (unfinished / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp  # resumed after its last epoch
+
+
+def test_sweep_job_subdir_reuses_the_one_run_of_the_same_overrides(tmp_path):
+    from segbench.config import sweep_job_subdir
+
+    def job(name, overrides):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+
+    job("model=unet,seed=2", ["experiment=quick", "seed=2", "model=unet", "trainer.progress=false"])
+    job("model=segnet,seed=2", ["experiment=quick", "seed=2", "model=segnet"])
+    job("model=segnet,seed=3", ["experiment=quick", "seed=3", "model=segnet"])
+    job("model=segnet,seed=3,x", ["experiment=quick", "seed=3", "model=segnet"])  # two runs of one config
+    (tmp_path / "broken" / ".hydra").mkdir(parents=True)
+    (tmp_path / "broken" / ".hydra" / "overrides.yaml").write_text("[unclosed")  # damaged: names no run
+    narrower = ["experiment=quick", "seed=2", "model=unet", "trainer.resume=auto", "trainer.device=cpu"]
+    # run settings aside, the same overrides: the existing dir
+    assert sweep_job_subdir(str(tmp_path), "model=unet", narrower) == "model=unet,seed=2"
+    # not resuming: the default name, as Hydra would
+    assert sweep_job_subdir(str(tmp_path), "model=unet", narrower[:3]) == "model=unet"
+    # the default exists: kept
+    (tmp_path / "model=unet").mkdir()
+    assert sweep_job_subdir(str(tmp_path), "model=unet", narrower) == "model=unet"
+    # another value, no match, two matches, no sweep dir yet: the default
+    other = ["experiment=quick", "seed=2", "model=unet", "loss=dice", "trainer.resume=auto"]
+    assert sweep_job_subdir(str(tmp_path), "loss=dice", other) == "loss=dice"
+    twice = ["experiment=quick", "seed=3", "model=segnet", "trainer.resume=auto"]
+    assert sweep_job_subdir(str(tmp_path), "model=segnet", twice) == "model=segnet"
+    assert sweep_job_subdir(str(tmp_path / "new"), "model=unet", narrower) == "model=unet"
 
 
 def test_nan_loss_fails_with_epoch_batch_and_causes(tmp_path):
