@@ -157,16 +157,27 @@ def resume_command(run_dir: RunDir) -> str:
     if not HydraConfig.initialized():
         return f"segbench.train.run(cfg) with output_dir={run_dir.path} trainer.resume=auto"
     hc = HydraConfig.get()
-    alone = _command(list(hc.overrides.task), "hydra.run.dir", run_dir.path)
+    alone = _command([*hc.overrides.task, *_launch_options(hc.overrides.hydra)], "hydra.run.dir", run_dir.path)
     if hc.mode != RunMode.MULTIRUN:
         return alone
     sweep_file = Path(hc.sweep.dir) / "multirun.yaml"
     try:
-        sweep = [str(o) for o in OmegaConf.load(sweep_file).hydra.overrides.task]
+        launch = OmegaConf.load(sweep_file).hydra.overrides
+        sweep = [*map(str, launch.task), *_launch_options(launch.hydra)]
     except Exception:  # noqa: BLE001 - only the hint degrades: the job's error is what matters
         sweep = ["<the sweep's overrides>"]
     whole = _command(["-m", *sweep], "hydra.sweep.dir", hc.sweep.dir)
     return f"{whole}\n  (the whole sweep: finished jobs are skipped), or this job alone:\n  {alone}"
+
+
+# Hydra overrides of a launch that the hint sets itself, or that Hydra and segbench add to every run
+_NOT_RELAUNCHED = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=", "hydra.job.config.override_dirname.exclude_keys=")
+
+
+def _launch_options(overrides: Any) -> list[str]:
+    """The Hydra overrides a run was launched with (``hydra/launcher=submitit_slurm``, its settings) that
+    resuming needs again: without them a resumed SLURM sweep would run on the machine that resumes it."""
+    return [str(o) for o in overrides if not str(o).startswith(_NOT_RELAUNCHED)]
 
 
 _PLAIN_VALUE = re.compile(r"[\w./:@%+~-]*")  # a Hydra override value that needs no quotes

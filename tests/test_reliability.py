@@ -132,6 +132,7 @@ def resume_hint(job_dir):
     hydra_node.mode = hydra_cfg.hydra.mode
     hydra_node.sweep.dir = hydra_cfg.hydra.sweep.dir
     hydra_node.overrides.task = list(hydra_cfg.hydra.overrides.task)
+    hydra_node.overrides.hydra = list(hydra_cfg.hydra.overrides.hydra)
     HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra_node}))
     try:
         hint = resume_command(RunDir(job_dir))
@@ -143,7 +144,9 @@ def resume_hint(job_dir):
 
 def test_sweep_rerun_completes_only_what_is_missing(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", *[o for o in TINY if not o.startswith("trainer.device")], "loss=bce,dice", f"hydra.sweep.dir={sweep}"]
+    # a launcher option (a Hydra group override) is part of the launch the hint repeats
+    args = ["-m", *[o for o in TINY if not o.startswith("trainer.device")], "loss=bce,dice", "hydra/launcher=basic",
+            f"hydra.sweep.dir={sweep}"]
     assert run_cli(args, cwd=tmp_path).returncode == 0
     done = sweep / "loss=bce"
     unfinished = sweep / "loss=dice"
@@ -160,7 +163,7 @@ def test_sweep_rerun_completes_only_what_is_missing(tmp_path):
     # one job alone, in its own dir (named "loss=bce": a Hydra value that must be quoted)
     (done / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "KeyboardInterrupt"}))
     _, alone = resume_hint(done)
-    assert f'hydra.run.dir="{done}"' in alone
+    assert f'hydra.run.dir="{done}"' in alone and "hydra/launcher=basic" in alone
     result = run_cli(alone, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((done / "metrics.json").read_text())["status"] == "done"
