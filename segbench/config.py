@@ -10,7 +10,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -49,43 +48,21 @@ def is_run_setting(key: str) -> bool:
     return any(key == s or key.startswith(s + ".") for s in RUN_SETTINGS)
 
 
-def _settings(overrides: Sequence[Any]) -> frozenset[str]:
-    """The overrides of a job that define what it computes (run settings left out)."""
-    return frozenset(str(o) for o in overrides if not is_run_setting(str(o).split("=", 1)[0]))
+def defining_overrides(overrides: Sequence[Any]) -> list[str]:
+    """The overrides that define what a run computes: ``overrides`` without the run settings."""
+    return [str(o) for o in overrides if not is_run_setting(str(o).split("=", 1)[0])]
 
 
-def sweep_job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
-    """The directory of a sweep job below ``hydra.sweep.dir`` (the resolver ``segbench_job_subdir``).
+def _job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
+    from .sweep import job_subdir  # the sweep's job naming; imported only when a sweep job resolves its dir
 
-    ``default`` is the job's ``hydra.job.override_dirname``: what the sweep varies
-    (``loss=dice,model=unet``). A narrower re-run of a sweep varies less, so its
-    jobs' default names differ from the first sweep's. A job that resumes
-    (``trainer.resume=auto`` among its overrides) and whose default directory does
-    not exist therefore continues the one run of the sweep dir that was launched
-    with the same overrides (its ``.hydra/overrides.yaml``; run settings aside),
-    instead of training again in a new directory. No such run, or more than one:
-    the default.
-    """
-    overrides = [str(o) for o in overrides]
-    root = Path(str(sweep_dir))
-    if "trainer.resume=auto" not in overrides or (root / default).exists() or not root.is_dir():
-        return default
-    wanted = _settings(overrides)
-    matches = []
-    for saved in sorted(root.glob("**/.hydra/overrides.yaml")):
-        try:
-            theirs = yaml.safe_load(saved.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue  # a damaged record names no run
-        if isinstance(theirs, list) and _settings(theirs) == wanted:
-            matches.append(saved.parent.parent.relative_to(root).as_posix())
-    return matches[0] if len(matches) == 1 else default
+    return job_subdir(sweep_dir, default, overrides)
 
 
 def register_resolvers() -> None:
     """The resolvers conf/config.yaml uses; done on import, so also in a launcher's worker processes."""
     if not OmegaConf.has_resolver("segbench_job_subdir"):
-        OmegaConf.register_new_resolver("segbench_job_subdir", sweep_job_subdir)
+        OmegaConf.register_new_resolver("segbench_job_subdir", _job_subdir)
 
 
 register_resolvers()

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import report_stats  # noqa: E402
-from .config import is_run_setting  # noqa: E402
+from .config import defining_overrides  # noqa: E402
 from .io import write_csv  # noqa: E402
 from .rundir import RunDir  # noqa: E402
 
@@ -40,8 +40,8 @@ def load_run(run_dir: RunDir) -> dict:
     choices = run_dir.read_choices()
     metrics = run_dir.read_metrics()
     split = run_dir.read_split()
-    other = sorted(o for o in run_dir.read_overrides()
-                   if not is_run_setting(o.split("=", 1)[0]) and o.split("=", 1)[0].lstrip("+~") not in COLUMN_KEYS)
+    other = sorted(o for o in defining_overrides(run_dir.read_overrides())
+                   if o.split("=", 1)[0].lstrip("+~") not in COLUMN_KEYS)
     row = {
         "other": other,
         "run": run_dir.path,

@@ -1,19 +1,49 @@
-"""Hydra callback of a multirun: names job dirs by what varies, and writes the comparison report at the end."""
+"""Hydra callback of a multirun: names job dirs by what varies, and writes the comparison report at the end;
+the resolver behind ``hydra.sweep.subdir`` that lets a resuming job continue its existing dir."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import RUN_SETTINGS
+from .config import RUN_SETTINGS, defining_overrides
 from .report import build_report
 from .rundir import find_runs
 
 log = logging.getLogger(__name__)
+
+
+def job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
+    """The directory of a sweep job below ``hydra.sweep.dir`` (the resolver ``segbench_job_subdir``).
+
+    ``default`` is the job's ``hydra.job.override_dirname``: what the sweep varies
+    (``loss=dice,model=unet``). A narrower re-run of a sweep varies less, so its
+    jobs' default names differ from the first sweep's. A job that resumes
+    (``trainer.resume=auto`` among its overrides) and whose default directory does
+    not exist therefore continues the one run of the sweep dir that was launched
+    with the same overrides (its ``.hydra/overrides.yaml``; run settings aside),
+    instead of training again in a new directory. No such run, or more than one:
+    the default.
+    """
+    overrides = [str(o) for o in overrides]
+    root = Path(str(sweep_dir))
+    if "trainer.resume=auto" not in overrides or (root / default).exists() or not root.is_dir():
+        return default
+    wanted = set(defining_overrides(overrides))
+    matches = []
+    for run in find_runs([root]):
+        try:
+            theirs = run.read_overrides()
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError):
+            continue  # a damaged record names no run
+        if set(defining_overrides(theirs)) == wanted:
+            matches.append(run.path.relative_to(root).as_posix())
+    return matches[0] if len(matches) == 1 else default
 
 
 class ReportCallback(Callback):

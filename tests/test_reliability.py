@@ -184,17 +184,18 @@ def test_sweep_rerun_completes_only_what_is_missing(tmp_path):
 
 
 def test_sweep_job_subdir_reuses_the_one_run_of_the_same_overrides(tmp_path):
-    from segbench.config import sweep_job_subdir
+    from segbench.sweep import job_subdir as sweep_job_subdir
 
     def job(name, overrides):
         (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("seed: 0\n")
         (tmp_path / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
 
     job("model=unet,seed=2", ["experiment=quick", "seed=2", "model=unet", "trainer.progress=false"])
     job("model=segnet,seed=2", ["experiment=quick", "seed=2", "model=segnet"])
     job("model=segnet,seed=3", ["experiment=quick", "seed=3", "model=segnet"])
     job("model=segnet,seed=3,x", ["experiment=quick", "seed=3", "model=segnet"])  # two runs of one config
-    (tmp_path / "broken" / ".hydra").mkdir(parents=True)
+    job("broken", [])
     (tmp_path / "broken" / ".hydra" / "overrides.yaml").write_text("[unclosed")  # damaged: names no run
     narrower = ["experiment=quick", "seed=2", "model=unet", "trainer.resume=auto", "trainer.device=cpu"]
     # run settings aside, the same overrides: the existing dir
