@@ -66,3 +66,22 @@ def test_a_gpu_trainer_resumes_from_its_checkpoint(tmp_path):
 
     trainer(tmp_path).fit(train, val)
     assert trainer(tmp_path / "resumed").load_state(RunDir(tmp_path).load_checkpoint("last")) == 2
+
+
+def test_the_ema_update_does_not_wait_for_the_gpu():
+    """An EMA update only queues kernels: no host synchronisation, which would stall every batch."""
+    from segbench.engine import EMA, FitSettings, Trainer
+    from segbench.models import UNet
+
+    model = UNet(base_width=4)
+    trainer = Trainer(model, BCELoss(), torch.optim.Adam(model.parameters()), FitSettings(epochs=1, batch_size=2),
+                      torch.device("cuda"), callbacks=[EMA(0.9)])
+    ema = trainer.callback(EMA)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in range(3):  # the first copies, the others average
+            ema.on_train_batch_end(trainer, batch, lambda: 0.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert ema.steps == 3

@@ -147,6 +147,29 @@ def test_ema_weights_are_the_hand_computed_average():
     assert state["model"].keys() == averaged.keys() and "train_model" in state
 
 
+def test_ema_agrees_with_torch_averaged_model_exactly():
+    """The EMA callback against the reference, torch's AveragedModel with its EMA function, fed the same
+    trained weights (and BatchNorm statistics) after each of six optimizer steps: equal to the bit."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    class Reference(Callback):
+        def setup(self, trainer):
+            self.model = AveragedModel(trainer.module, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+
+        def on_train_batch_end(self, trainer, batch, running_loss):
+            self.model.update_parameters(trainer.module)
+
+    reference = Reference()
+    trainer = tiny_trainer([reference, EMA(0.9)])
+    data = tiny_data(n=12)
+    trainer.normalizer = Normalizer.fit(data.images)
+    trainer.train_epoch(data.images, data.masks, 1)
+    expected = reference.model.module.state_dict()
+    assert int(reference.model.n_averaged) == trainer.callback(EMA).steps == 6
+    for key, value in trainer.averaged.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
 def test_early_stopping_stops_at_the_expected_epoch():
     stop = EarlyStopping(patience=2, min_delta=0.01)
     fake = SimpleNamespace(stop_requested=False)

@@ -9,12 +9,13 @@ New behaviour (EMA, early stopping, loggers) is a new class here, not a change t
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..rundir import RunDir
@@ -98,27 +99,44 @@ class EMA(Callback):
 
     The averaged weights are the ones validated, chosen as best, tested and saved as a checkpoint's
     ``model``; the trained weights go into ``train_model``, so a resume continues both exactly.
-    Uses ``torch.optim.swa_utils.AveragedModel``.
+    The update is ``torch.optim.swa_utils.get_ema_multi_avg_fn`` (a foreach lerp), the maths of
+    ``AveragedModel``. ``AveragedModel.update_parameters`` itself is not used: it copies its CPU step
+    counter to the device every step, which on a GPU waits for the queued kernels (a host sync per
+    batch). Here the count is a Python int, so an update only queues kernels.
     """
 
     def __init__(self, decay: float) -> None:
         self.decay = check_number("trainer.ema", decay, 0, 1, low_open=True, high_open=True)
-        self.averaged: AveragedModel | None = None
+        self.update = get_ema_multi_avg_fn(self.decay)
+        self.module: torch.nn.Module | None = None
+        self.steps = 0  # optimizer steps averaged so far
 
     def setup(self, trainer: "Trainer") -> None:
-        self.averaged = AveragedModel(trainer.module, multi_avg_fn=get_ema_multi_avg_fn(self.decay),
-                                      use_buffers=True)
-        self.averaged.eval()
-        trainer.averaged = self.averaged.module
+        self.module = copy.deepcopy(trainer.module).eval()
+        self.module.requires_grad_(False)
+        trainer.averaged = self.module
 
     def on_train_batch_end(self, trainer: "Trainer", batch: int, running_loss: Callable[[], float]) -> None:
-        self.averaged.update_parameters(trainer.module)
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        trained = [t.detach() for t in (*trainer.module.parameters(), *trainer.module.buffers())]
+        with torch.no_grad():
+            if self.steps == 0:
+                torch._foreach_copy_(averaged, trained)
+            else:  # one foreach call per dtype (and device), as AveragedModel groups them
+                groups: dict[tuple, tuple[list, list]] = {}
+                for mine, theirs in zip(averaged, trained, strict=True):
+                    pair = groups.setdefault((mine.device, mine.dtype), ([], []))
+                    pair[0].append(mine)
+                    pair[1].append(theirs)
+                for mine, theirs in groups.values():
+                    self.update(mine, theirs, self.steps)
+        self.steps += 1
 
     def state_dict(self) -> dict:
-        return {"n_averaged": int(self.averaged.n_averaged)}
+        return {"n_averaged": self.steps}  # the name AveragedModel gives it, as in earlier checkpoints
 
     def load_state_dict(self, state: dict) -> None:
-        self.averaged.n_averaged.fill_(state["n_averaged"])
+        self.steps = int(state["n_averaged"])
 
 
 class EarlyStopping(Callback):
