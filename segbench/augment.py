@@ -39,11 +39,13 @@ class Augment(nn.Module):
     def __init__(self, ops: Sequence[nn.Module], strength: float = 1.0) -> None:
         super().__init__()
         ops = list(ops)
-        self.strength = check_number("augment.strength", strength, low=0)
+        self.strength = check_number("strength", strength, low=0)
         for i, op in enumerate(ops):
             if not isinstance(op, nn.Module):
                 raise TypeError(f"augment.ops[{i}] is {type(op).__name__}, not an augmentation module "
                                 "(give each op a _target_, e.g. kornia.augmentation.RandomHorizontalFlip)")
+            if hasattr(op, "p"):  # kornia takes any p and applies an op with p > 1 always
+                check_number(f"ops[{i}].p", op.p, 0, 1)
             if self.strength != 1.0 and hasattr(op, "p"):
                 op.p = min(1.0, op.p * self.strength)
         self.ops = ops

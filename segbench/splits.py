@@ -102,8 +102,8 @@ class Holdout(Split):
     name = "holdout"
 
     def __init__(self, sizes: Sequence[int] | None = None, seed: int = 0) -> None:
-        self.sizes = None if sizes is None else check_sizes("split.sizes", sizes, 3, "train, val, test")
-        self.seed = check_int("split.seed", seed)
+        self.sizes = None if sizes is None else check_sizes("sizes", sizes, 3, "train, val, test")
+        self.seed = check_int("seed", seed)
 
     def sizes_for(self, cases: int) -> list[int]:
         if self.sizes is not None:
@@ -146,10 +146,10 @@ class KFold(Split):
     name = "kfold"
 
     def __init__(self, k: int = 5, fold: int = 0, val_size: int | None = None, seed: int = 0) -> None:
-        self.k = check_int("split.k", k, low=2)
-        self.fold = check_int("split.fold", fold, low=0, high=self.k - 1)
-        self.val_size = None if val_size is None else check_int("split.val_size", val_size, low=1)
-        self.seed = check_int("split.seed", seed)
+        self.k = check_int("k", k, low=2)
+        self.fold = check_int("fold", fold, low=0, high=self.k - 1)
+        self.val_size = None if val_size is None else check_int("val_size", val_size, low=1)
+        self.seed = check_int("seed", seed)
 
     def _bounds(self, cases: int) -> tuple[int, int, int]:
         """Start and end of the test part in the stratified order, and the val size."""

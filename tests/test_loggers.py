@@ -58,6 +58,12 @@ def test_tensorboard_and_mlflow_together(tmp_path):
         {"metrics.json", "history.csv", "curves.png", "predictions.png"}
 
 
+@needs("tensorboard", extra="tracking")
+def test_a_bad_logger_setting_is_named_once(tmp_path):
+    with pytest.raises(UserError, match=r"^logger.tensorboard.image_every=-1 is invalid; expected an integer >= 0"):
+        run(compose_cfg([*TINY, f"output_dir={tmp_path}", "logger=tensorboard", "logger.tensorboard.image_every=-1"]))
+
+
 @TRACKING
 def test_unreachable_mlflow_warns_once_and_the_run_finishes(tmp_path, caplog):
     out = tmp_path / "run"

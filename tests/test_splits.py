@@ -51,5 +51,5 @@ def test_split_larger_than_dataset_names_the_numbers():
 
 @pytest.mark.parametrize("sizes", [[10, 0, 5], [10, 5], [10, 5, -1], [10, 5, 2.5]])
 def test_holdout_rejects_bad_sizes(sizes):
-    with pytest.raises(UserError, match=r"split.sizes=.* is invalid; expected three integers >= 1"):
+    with pytest.raises(UserError, match=r"^sizes=.* is invalid; expected three integers >= 1"):
         Holdout(sizes)

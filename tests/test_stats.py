@@ -119,9 +119,9 @@ def test_kfold_parts_are_stratified_within_one_case():
 
 
 def test_kfold_settings_are_checked():
-    with pytest.raises(ValueError, match=r"split.fold=5 is invalid; expected an integer >= 0 and <= 4"):
+    with pytest.raises(ValueError, match=r"^fold=5 is invalid; expected an integer >= 0 and <= 4"):
         KFold(5, 5)
-    with pytest.raises(ValueError, match="split.k=1 is invalid"):
+    with pytest.raises(ValueError, match="^k=1 is invalid"):
         KFold(1, 0)
     with pytest.raises(ValueError, match="train would be empty"):
         KFold(2, 0, val_size=5).make(IDS[:10])

@@ -69,7 +69,7 @@ class SegDataset:
     class_names: list[str] | None = None  # C names, background first (multi-class metric keys)
 
     def __init__(self, image_size: int) -> None:
-        self.image_size = check_int("dataset.image_size", image_size, low=16)
+        self.image_size = check_int("image_size", image_size, low=16)
         self._arrays: SegArrays | None = None
 
     def load_arrays(self) -> SegArrays:

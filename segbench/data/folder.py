@@ -83,7 +83,7 @@ class Folder(SegDataset):
         if STEM not in self.mask_pattern:
             raise DataError(f"dataset.mask_pattern='{mask_pattern}' must contain {STEM} (the image's file stem), "
                             "e.g. '{stem}_segmentation.png' or '{stem}.*'")
-        self.num_classes = check_int("dataset.num_classes", num_classes, low=1)
+        self.num_classes = check_int("num_classes", num_classes, low=1)
         if self.num_classes == 2:
             raise DataError("dataset.num_classes=2: a binary dataset is num_classes=1 (one sigmoid channel); "
                             "use 3 or more for multi-class masks")

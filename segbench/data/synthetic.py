@@ -93,9 +93,9 @@ class SyntheticDermoscopy(SegDataset):
 
     def __init__(self, num_cases: int = 120, image_size: int = 64, seed: int = 0, num_classes: int = 1) -> None:
         super().__init__(image_size)
-        self.num_cases = check_int("dataset.num_cases", num_cases, low=3)
-        self.seed = check_int("dataset.seed", seed)
-        self.num_classes = check_choice("dataset.num_classes", num_classes, (1, 3))
+        self.num_cases = check_int("num_cases", num_cases, low=3)
+        self.seed = check_int("seed", seed)
+        self.num_classes = check_choice("num_classes", num_classes, (1, 3))
         self.class_names = ["background", "lesion", "core"] if self.num_classes == 3 else None
 
     def describe(self) -> str:

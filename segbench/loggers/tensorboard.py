@@ -30,8 +30,8 @@ class TensorBoardLogger(Logger):
         super().__init__()
         self.tb = require("torch.utils.tensorboard", "tensorboard", "tracking", f"logger={self.name}")
         self.subdir = str(subdir)
-        self.image_every = check_int("logger.tensorboard.image_every", image_every, low=0)
-        self.num_images = check_int("logger.tensorboard.num_images", num_images, low=1)
+        self.image_every = check_int("image_every", image_every, low=0)
+        self.num_images = check_int("num_images", num_images, low=1)
         self.writer: Any = None
 
     def start(self, trainer: "Trainer", start_epoch: int) -> None:
