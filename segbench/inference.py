@@ -92,7 +92,7 @@ def load_trained(run_dir: str | Path, which: str = "best", device: torch.device 
     path = run.best_pt if which == "best" else run.last_pt
     if not path.is_file():
         what = "a run directory" if RunDir.is_run(run.path) else "not a segbench run directory"
-        raise UserError(f"'{path}' does not exist ({run.path} is {what}); predicting needs a run that has "
+        raise UserError(f"'{path}' does not exist ({run.path} is {what}); a trained model needs a run that has "
                         "finished at least one epoch")
     try:
         state = run.load_checkpoint(which)
