@@ -11,8 +11,13 @@
       curves.png, predictions.png            plots (segbench.plotting)
       augmentations.png                      training images and augmented draws (with augmentation)
 
+A sweep dir holds its job dirs, the report (``summary.md`` and its files) and
+Hydra's ``multirun.yaml`` of the launch; an earlier launch into the same dir (a
+narrower re-run, a resume) keeps its record as ``multirun.<n>.yaml``
+(:func:`keep_sweep_record`), so the dir still says every sweep it holds.
+
 Training, resume, the report, compare and the plots read and write these files
-only through :class:`RunDir`. Files are replaced atomically, so a kill at any
+only through :class:`RunDir` (a sweep dir's launch records: the functions below it). Files are replaced atomically, so a kill at any
 moment leaves the previous complete file.
 """
 from __future__ import annotations
@@ -164,6 +169,35 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunDir]:
             raise FileNotFoundError(f"'{path}' is not a directory; expected a run or sweep directory")
         found.update(p.parent.parent for p in path.rglob(".hydra/config.yaml"))
     return [RunDir(p) for p in sorted(found)]
+
+
+SWEEP_RECORD = "multirun.yaml"  # Hydra writes the launch's config there, replacing an earlier launch's
+
+
+def keep_sweep_record(sweep_dir: str | Path) -> Path | None:
+    """Before a launch into ``sweep_dir``: move an earlier launch's ``multirun.yaml`` to
+    ``multirun.<n>.yaml`` (n = 1, 2, ... in launch order); returns where it went, None if there was none."""
+    current = Path(sweep_dir) / SWEEP_RECORD
+    if not current.is_file():
+        return None
+    n = 1 + max((_record_number(p) for p in Path(sweep_dir).glob("multirun.*.yaml")), default=0)
+    kept = current.with_name(f"multirun.{n}.yaml")
+    current.replace(kept)
+    return kept
+
+
+def sweep_records(sweep_dir: str | Path) -> list[Path]:
+    """The launch records of a sweep dir, earliest first: ``multirun.1.yaml``, ..., ``multirun.yaml``."""
+    sweep_dir = Path(sweep_dir)
+    kept = sorted((p for p in sweep_dir.glob("multirun.*.yaml") if _record_number(p)), key=_record_number)
+    current = sweep_dir / SWEEP_RECORD
+    return kept + ([current] if current.is_file() else [])
+
+
+def _record_number(path: Path) -> int:
+    """n of ``multirun.<n>.yaml``; 0 for any other name."""
+    middle = path.name[len("multirun."):-len(".yaml")]
+    return int(middle) if middle.isdigit() else 0
 
 
 def _float(value: str) -> float:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import RUN_SETTINGS, defining_overrides
 from .report import build_report
-from .rundir import find_runs
+from .rundir import find_runs, keep_sweep_record
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,13 @@ class ReportCallback(Callback):
                 f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"
             )
         OmegaConf.set_readonly(config, read_only)
+        try:  # Hydra is about to write this launch's multirun.yaml over an earlier launch's
+            kept = keep_sweep_record(config.hydra.sweep.dir)
+        except OSError as exc:
+            log.warning("could not keep the earlier launch's record in %s: %s", config.hydra.sweep.dir, exc)
+        else:
+            if kept is not None:
+                log.info("an earlier launch into %s: its multirun.yaml is kept as %s", kept.parent, kept.name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

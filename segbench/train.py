@@ -25,7 +25,7 @@ from .errors import UserError
 from .engine import EarlyStopping, FitSettings, Trainer, resolve_device, resolve_precision, resolve_switch, seed_everything
 from .evaluate import score_test
 from .plotting import plot_augmentations, plot_curves, plot_predictions
-from .rundir import RunDir
+from .rundir import RunDir, sweep_records
 from .splits import Split
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,8 @@ def resume_command(run_dir: RunDir) -> str:
 
     A sweep job's own overrides are single values, so re-running them with ``-m`` would put the job
     in a differently named dir (the names keep only what varies); the sweep's overrides are read
-    back from its ``multirun.yaml``, and the job alone continues with ``hydra.run.dir``.
+    back from its ``multirun.yaml`` (and those of earlier launches into the same dir, kept as
+    ``multirun.<n>.yaml``: one command each), and the job alone continues with ``hydra.run.dir``.
     """
     if not HydraConfig.initialized():
         return f"segbench.train.run(cfg) with output_dir={run_dir.path} trainer.resume=auto"
@@ -160,14 +161,19 @@ def resume_command(run_dir: RunDir) -> str:
     alone = _command([*hc.overrides.task, *_launch_options(hc.overrides.hydra)], "hydra.run.dir", run_dir.path)
     if hc.mode != RunMode.MULTIRUN:
         return alone
-    sweep_file = Path(hc.sweep.dir) / "multirun.yaml"
-    try:
-        launch = OmegaConf.load(sweep_file).hydra.overrides
-        sweep = [*map(str, launch.task), *_launch_options(launch.hydra)]
-    except Exception:  # noqa: BLE001 - only the hint degrades: the job's error is what matters
-        sweep = ["<the sweep's overrides>"]
-    whole = _command(["-m", *sweep], "hydra.sweep.dir", hc.sweep.dir)
-    return f"{whole}\n  (the whole sweep: finished jobs are skipped), or this job alone:\n  {alone}"
+    commands: list[str] = []
+    for record in sweep_records(hc.sweep.dir):  # every launch into the sweep dir (a narrower re-run too)
+        try:
+            launch = OmegaConf.load(record).hydra.overrides
+            args = [*map(str, launch.task), *_launch_options(launch.hydra)]
+        except Exception:  # noqa: BLE001 - only the hint degrades: the job's error is what matters
+            continue
+        command = _command(["-m", *args], "hydra.sweep.dir", hc.sweep.dir)
+        if command not in commands:  # a re-run of the same sweep
+            commands.append(command)
+    commands = commands or [_command(["-m", "<the sweep's overrides>"], "hydra.sweep.dir", hc.sweep.dir)]
+    what = "the whole sweep" if len(commands) == 1 else f"each of the {len(commands)} sweeps launched into this dir"
+    return "\n  ".join(commands) + f"\n  ({what}: finished jobs are skipped), or this job alone:\n  {alone}"
 
 
 # Hydra overrides of a launch that the hint sets itself, or that Hydra and segbench add to every run

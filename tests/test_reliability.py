@@ -19,7 +19,7 @@ from skimage import io as skio
 from segbench import check_data
 from segbench.errors import TrainingError, UserError
 from segbench.engine import Trainer
-from segbench.rundir import RunDir
+from segbench.rundir import RunDir, sweep_records
 from segbench.train import resume_command, run
 from tests.conftest import TINY, compose_cfg, run_cli, write_case
 
@@ -181,6 +181,14 @@ def test_sweep_rerun_completes_only_what_is_missing(tmp_path):
     assert json.loads((unfinished / "metrics.json").read_text())["status"] == "done"
     assert "resuming from" in (unfinished / "train.log").read_text()
     assert (unfinished / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp  # resumed after its last epoch
+    # every launch into the dir stays on record (Hydra's multirun.yaml is the latest only), and a later hint
+    # repeats each distinct sweep: the narrower one alone would leave loss=bce unfinished
+    assert [p.name for p in sweep_records(sweep)] == ["multirun.1.yaml", "multirun.2.yaml", "multirun.yaml"]
+    (unfinished / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "KeyboardInterrupt"}))
+    *wholes, alone = resume_hint(unfinished)  # its last launch was the narrower one
+    assert wholes == [[*args, "trainer.resume=auto"],
+                      [*narrower[:-3], "trainer.progress=false", f"hydra.sweep.dir={sweep}", "trainer.resume=auto"]]
+    assert alone[-2:] == [f'hydra.run.dir="{unfinished}"', "trainer.resume=auto"]  # (both launches ran above)
 
 
 def test_sweep_job_subdir_reuses_the_one_run_of_the_same_overrides(tmp_path):

@@ -87,7 +87,7 @@ def test_submitit_local_launcher(tmp_path):
     assert json.loads((job / "metrics.json").read_text())["status"] == "done"
 
 
-def test_job_names_leave_out_run_settings_unless_swept():
+def test_job_names_leave_out_run_settings_unless_swept(tmp_path):
     """Job dirs are named by what varies: fixed overrides and run settings are excluded, a swept run
     setting is kept (two jobs must not share a directory)."""
     from omegaconf import OmegaConf
@@ -98,7 +98,7 @@ def test_job_names_leave_out_run_settings_unless_swept():
     config = OmegaConf.create({"hydra": {
         "overrides": {"task": ["model=unet,segnet", "trainer.eval_batch_size=2,4", "trainer.device=cpu",
                                "trainer.epochs=3"], "hydra": []},
-        "job": {"config": {"override_dirname": {"exclude_keys": []}}},
+        "job": {"config": {"override_dirname": {"exclude_keys": []}}}, "sweep": {"dir": str(tmp_path)},
     }})
     ReportCallback().on_multirun_start(config)
     (override,) = config.hydra.overrides.hydra
