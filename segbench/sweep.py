@@ -3,6 +3,8 @@ the resolver behind ``hydra.sweep.subdir`` that lets a resuming job continue its
 from __future__ import annotations
 
 import logging
+import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import RUN_SETTINGS, defining_overrides
+from .errors import UserError
 from .report import build_report
 from .rundir import find_runs, keep_sweep_record
 
@@ -46,6 +49,24 @@ def job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
     return matches[0] if len(matches) == 1 else default
 
 
+def check_sweeper_storage(sweeper: Any) -> None:
+    """An Optuna study kept in a database (``hydra.sweeper.storage``) needs a working pair of optuna and
+    SQLAlchemy. hydra-optuna-sweeper 1.3 allows optuna < 3 only, and optuna 2's database storage fails on
+    SQLAlchemy 2 (with a bare AssertionError after the first trial's setup), which alembic and mlflow need."""
+    if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower() or sweeper.get("storage") is None:
+        return
+    try:
+        optuna, sqlalchemy = metadata.version("optuna"), metadata.version("sqlalchemy")
+    except metadata.PackageNotFoundError:
+        return  # the sweeper names what is missing itself
+    if int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
+        raise UserError(
+            f"hydra.sweeper.storage={sweeper.storage!r} is not usable here: optuna {optuna} (hydra-optuna-sweeper "
+            f"allows optuna < 3 only) cannot keep a study in a database with SQLAlchemy {sqlalchemy} (alembic and "
+            "mlflow need SQLAlchemy 2); leave hydra.sweeper.storage=null: the study is kept in memory, and every "
+            "trial is still a run dir in the sweep's report")
+
+
 class ReportCallback(Callback):
     """Names job dirs by the swept overrides; builds the report in ``hydra.sweep.dir`` at the end.
 
@@ -55,13 +76,19 @@ class ReportCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Leave the run settings (segbench.config.RUN_SETTINGS) and, in a sweep, the overrides every
-        job shares out of the job dir names (``loss=dice,model=unet``).
+        """Check what the sweeper needs before any job runs; keep an earlier launch's record (see
+        :func:`segbench.rundir.keep_sweep_record`); leave the run settings (segbench.config.RUN_SETTINGS)
+        and, in a sweep, the overrides every job shares out of the job dir names (``loss=dice,model=unet``).
 
         Hydra composes each job from ``hydra.overrides.hydra`` plus the job's own
         overrides, so one more Hydra override extends ``exclude_keys`` for all jobs.
         A swept key always stays in the names, run setting or not, so that no two jobs share a dir.
         """
+        try:
+            check_sweeper_storage(config.hydra.get("sweeper"))
+        except UserError as exc:  # as the entry point reports a bad setting: the message, status 2
+            print(f"segbench: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
         fixed = [o.key_or_group for o in parsed if not o.is_sweep_override()] if swept else []

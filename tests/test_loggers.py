@@ -82,6 +82,39 @@ def test_a_missing_package_names_the_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "history.csv").exists()  # refused before any training
 
 
+@pytest.mark.parametrize("optuna, sqlalchemy, usable", [("2.10.1", "2.1.9", False), ("2.10.1", "1.4.54", True),
+                                                        ("3.6.2", "2.1.9", True)])
+def test_an_optuna_database_is_refused_where_optuna_and_sqlalchemy_cannot_work(monkeypatch, optuna, sqlalchemy, usable):
+    from omegaconf import OmegaConf
+
+    from segbench import sweep
+
+    versions = {"optuna": optuna, "sqlalchemy": sqlalchemy}
+    monkeypatch.setattr(sweep.metadata, "version", lambda name: versions[name])
+    target = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    sweep.check_sweeper_storage(OmegaConf.create({"_target_": target, "storage": None}))  # in memory: always
+    database = OmegaConf.create({"_target_": target, "storage": "sqlite:///optuna.db"})
+    if usable:
+        sweep.check_sweeper_storage(database)
+    else:
+        with pytest.raises(UserError, match=r"^hydra.sweeper.storage='sqlite:///optuna.db' is not usable here: "
+                                            r"optuna 2.10.1 .* SQLAlchemy 2.1.9 .*leave hydra.sweeper.storage=null"):
+            sweep.check_sweeper_storage(database)
+
+
+@needs("hydra_plugins.hydra_optuna_sweeper", extra="search")
+def test_an_unusable_optuna_database_stops_the_search_before_any_trial(tmp_path):
+    from importlib.metadata import version
+
+    if int(version("optuna").split(".")[0]) >= 3 or int(version("sqlalchemy").split(".")[0]) < 2:
+        pytest.skip("optuna and SQLAlchemy here can keep a study in a database")
+    sweep = tmp_path / "search"
+    result = run_cli(["hparams_search=optuna", *TINY, f"hydra.sweep.dir={sweep}",
+                      f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "segbench: error: hydra.sweeper.storage=" in result.stderr
+    assert not sweep.exists() and not (tmp_path / "optuna.db").exists()
+
+
 @TRACKING
 @needs("hydra_plugins.hydra_optuna_sweeper", extra="search")
 def test_optuna_search_maximises_val_iou_and_logs_one_experiment(tmp_path):
