@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from . import report_stats  # noqa: E402
 from .config import defining_overrides  # noqa: E402
+from .errors import DataError  # noqa: E402
 from .io import write_csv  # noqa: E402
 from .rundir import RunDir  # noqa: E402
 
@@ -36,25 +37,37 @@ def per_class_keys(metrics: dict) -> list[str]:
 
 
 def load_run(run_dir: RunDir) -> dict:
-    """One run as a flat row: names, the overrides that define its configuration, status, metrics, history."""
-    choices = run_dir.read_choices()
-    metrics = run_dir.read_metrics()
-    split = run_dir.read_split()
-    other = sorted(o for o in defining_overrides(run_dir.read_overrides())
+    """One run as a flat row: names, the overrides that define its configuration, status, metrics, history.
+    A record that cannot be read is left out with a warning; the run's status is then ``damaged`` and its
+    ``error`` names the file."""
+    problems: list[str] = []
+
+    def read(reader, default):
+        try:
+            return reader()
+        except DataError as exc:
+            log.warning("%s", exc)
+            problems.append(str(exc))
+            return default
+
+    choices = read(run_dir.read_choices, {})
+    metrics = read(run_dir.read_metrics, {})
+    split = read(run_dir.read_split, {})
+    other = sorted(o for o in defining_overrides(read(run_dir.read_overrides, []))
                    if o.split("=", 1)[0].lstrip("+~") not in COLUMN_KEYS)
     row = {
         "other": other,
         "run": run_dir.path,
         "model": metrics.get("model") or choices.get("model", "?"),
         "loss": metrics.get("loss") or choices.get("loss", "?"),
-        "seed": run_dir.read_config().get("seed"),
-        "status": run_dir.status(),
-        "error": metrics.get("error", ""),
+        "seed": read(run_dir.read_config, {}).get("seed"),
         "split": metrics.get("split_digest") or split.get("digest", ""),
         "family": report_stats.split_family(split) if split else None,
-        "history": run_dir.read_history(),
-        "per_image": run_dir.read_per_image() if metrics.get("status") == "done" else [],
+        "history": read(run_dir.read_history, []),
+        "per_image": read(run_dir.read_per_image, []) if metrics.get("status") == "done" else [],
     }
+    row["status"] = "damaged" if problems else run_dir.status()
+    row["error"] = "; ".join(problems) or metrics.get("error", "")
     row.update({k: metrics.get(k, math.nan) for k in NUMBERS})
     row["classes"] = {k: metrics[k] for k in per_class_keys(metrics)}
     return row

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from .errors import DataError
 from .io import CheckpointWriter, load_checkpoint, write_csv, write_json
 
 HISTORY_COLUMNS = ["epoch", "lr", "train/loss", "train/iou", "val/loss", "val/iou", "val/dice", "time"]
@@ -96,8 +97,13 @@ class RunDir:
         return _read_json(self.metrics_json)
 
     def status(self) -> str:
-        """done / failed / interrupted (from metrics.json), incomplete (epochs but no metrics), not started."""
-        return self.read_metrics().get("status") or ("incomplete" if self.history_csv.is_file() else "not started")
+        """done / failed / interrupted (from metrics.json), incomplete (epochs but no metrics), not started;
+        damaged when metrics.json cannot be read (a resume then finishes the run and writes it again)."""
+        try:
+            metrics = self.read_metrics()
+        except DataError:
+            return "damaged"
+        return metrics.get("status") or ("incomplete" if self.history_csv.is_file() else "not started")
 
     # -- test_per_image.csv ------------------------------------------------
     def write_per_image(self, ids: Sequence[str], rows: dict[str, list[float]],
@@ -207,14 +213,34 @@ def _float(value: str) -> float:
         return math.nan
 
 
+def _damaged(path: Path, exc: Exception) -> DataError:
+    return DataError(f"'{path}' is damaged and cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+
+
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise _damaged(path, exc) from exc
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise _damaged(path, exc) from exc
+    if not isinstance(data, dict):
+        raise _damaged(path, TypeError(f"a JSON {type(data).__name__}, not an object"))
+    return data
 
 
 def _read_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise _damaged(path, exc) from exc

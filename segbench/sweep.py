@@ -8,13 +8,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import RUN_SETTINGS, defining_overrides
-from .errors import UserError
+from .errors import DataError, UserError
 from .report import build_report
 from .rundir import find_runs, keep_sweep_record
 
@@ -42,7 +41,7 @@ def job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
     for run in find_runs([root]):
         try:
             theirs = run.read_overrides()
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError):
+        except (OSError, DataError, TypeError):
             continue  # a damaged record names no run
         if set(defining_overrides(theirs)) == wanted:
             matches.append(run.path.relative_to(root).as_posix())

@@ -107,6 +107,14 @@ def test_resume_skips_a_finished_run(tmp_path):
     again = run(compose_cfg([*TINY, f"output_dir={out}", "trainer.resume=auto"]))
     assert again == json.loads((out / "metrics.json").read_text()) and again["test/iou"] == first["test/iou"]
     assert (out / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    # a damaged metrics.json (derived from the checkpoint) is written again, not fatal
+    (out / "metrics.json").write_bytes(b'{"status": "do\xff')
+    assert RunDir(out).status() == "damaged"
+    with pytest.raises(UserError, match=f"'{out / 'metrics.json'}' is damaged and cannot be read"):
+        RunDir(out).read_metrics()
+    rebuilt = run(compose_cfg([*TINY, f"output_dir={out}", "trainer.resume=auto"]))
+    assert rebuilt["status"] == "done" and rebuilt["test/iou"] == first["test/iou"]
+    assert json.loads((out / "metrics.json").read_text())["test/iou"] == first["test/iou"]
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):

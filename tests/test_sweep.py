@@ -70,6 +70,12 @@ def test_compare_two_run_dirs_and_flag_split_mismatch(tmp_path, capsys):
     assert "2 runs (2 done, 0 failed)" in capsys.readouterr().out
     for png in PLOTS:
         assert (out / png).is_file()
+    # a damaged record (metrics.json cut short) is named in the report; the other run is still compared
+    (b / "metrics.json").write_text('{"status": "done", "test/iou": ')
+    assert compare.main([str(a), str(b), "--out", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    assert f"`split.seed=1` (damaged): '{b / 'metrics.json'}' is damaged and cannot be read (JSONDecodeError" in summary
+    assert "Done: 1, failed: 0, other: 1" in summary
 
 
 def test_compare_rejects_a_dir_without_runs(tmp_path):
