@@ -19,3 +19,7 @@ class TrainingError(SegbenchError, RuntimeError):
 
 class DataError(UserError):
     """A dataset file or folder is missing or malformed; the message names it."""
+
+
+class CheckpointError(DataError):
+    """A checkpoint file cannot be read; the message names it."""

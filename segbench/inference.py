@@ -94,10 +94,7 @@ def load_trained(run_dir: str | Path, which: str = "best", device: torch.device 
         what = "a run directory" if RunDir.is_run(run.path) else "not a segbench run directory"
         raise UserError(f"'{path}' does not exist ({run.path} is {what}); a trained model needs a run that has "
                         "finished at least one epoch")
-    try:
-        state = run.load_checkpoint(which)
-    except Exception as exc:
-        raise UserError(f"cannot read the checkpoint '{path}': {exc}") from exc
+    state = run.load_checkpoint(which)  # a damaged file: a CheckpointError naming it
     config: dict[str, Any] = state.get("config") or {}
     if "model" not in config:
         raise UserError(f"the checkpoint '{path}' holds no run config; it was not written by segbench")

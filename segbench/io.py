@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import TrainingError
+from .errors import CheckpointError, TrainingError
 
 
 def _umask() -> int:
@@ -84,8 +84,18 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint as saved, every tensor on the CPU (RNG states must stay there; weights are copied
-    to the model's device by ``load_state_dict``)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    to the model's device by ``load_state_dict``). A file that is not a readable checkpoint is a
+    CheckpointError naming it (checkpoints are written atomically, so only a copy or an edit can damage one)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch.load's many ways to fail on a damaged file
+        raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{path}' is not a segbench checkpoint (it holds a {type(state).__name__}, not a dict)")
+    return state
 
 
 def _cpu_copy(obj: Any, reuse: Any = None) -> Any:

@@ -21,7 +21,7 @@ from .build import (build, build_augment, build_callbacks, build_loggers, build_
                     check_schedule)
 from .config import check_resumable, choices, validate
 from .data import SegDataset
-from .errors import UserError
+from .errors import CheckpointError, UserError
 from .engine import EarlyStopping, FitSettings, Trainer, resolve_device, resolve_precision, resolve_switch, seed_everything
 from .evaluate import score_test
 from .plotting import plot_augmentations, plot_curves, plot_predictions
@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         status = "interrupted" if interrupted else "failed"
         error = "KeyboardInterrupt" if interrupted else f"{type(exc).__name__}: {exc}"
         run_dir.write_metrics({"status": status, "error": error})
-        if interrupted or run_dir.last_pt.is_file():
+        if interrupted or (run_dir.last_pt.is_file() and not isinstance(exc, CheckpointError)):  # not from it
             log.error("%s; the last finished epoch is in %s. Resume with:\n  %s", status, run_dir.checkpoints,
                       resume_command(run_dir))
         raise
@@ -140,7 +140,10 @@ def _resume(cfg: DictConfig, run_dir: RunDir, trainer: Trainer, resolved: dict) 
     """With ``trainer.resume=auto`` and a ``last.pt``: check its settings, restore it, return the next epoch."""
     if cfg.trainer.get("resume") != "auto" or not run_dir.last_pt.is_file():
         return 1
-    state = run_dir.load_checkpoint("last")  # read once: checked, then restored
+    try:
+        state = run_dir.load_checkpoint("last")  # read once: checked, then restored
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; cannot resume from it: delete it to train this run again from epoch 1") from exc
     check_resumable(state["config"], resolved, run_dir.last_pt)
     start_epoch = trainer.load_state(state)
     log.info("resuming from %s at epoch %d of %d", run_dir.last_pt, start_epoch, cfg.trainer.epochs)

@@ -20,6 +20,7 @@ from segbench import check_data
 from segbench.errors import TrainingError, UserError
 from segbench.engine import Trainer
 from segbench.rundir import RunDir, sweep_records
+from segbench.inference import load_trained
 from segbench.train import resume_command, run
 from tests.conftest import TINY, compose_cfg, run_cli, write_case
 
@@ -115,6 +116,25 @@ def test_resume_skips_a_finished_run(tmp_path):
     rebuilt = run(compose_cfg([*TINY, f"output_dir={out}", "trainer.resume=auto"]))
     assert rebuilt["status"] == "done" and rebuilt["test/iou"] == first["test/iou"]
     assert json.loads((out / "metrics.json").read_text())["test/iou"] == first["test/iou"]
+
+
+def test_a_damaged_checkpoint_is_named_before_resuming(tmp_path):
+    out = tmp_path / "run"
+    run(compose_cfg([*TINY, f"output_dir={out}"]))
+    last = out / "checkpoints" / "last.pt"
+    (out / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    best = out / "checkpoints" / "best.pt"
+    best.unlink()  # a hard link to an earlier last.pt, or to this one
+    last.write_bytes(last.read_bytes()[:1000])  # cut short
+    best.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=rf"^the checkpoint '{last}' is damaged and cannot be read \(.*\); "
+                                        "cannot resume from it: delete it to train this run again from epoch 1$"):
+        run(compose_cfg([*TINY, f"output_dir={out}", "trainer.resume=auto"]))
+    assert "Resume with" not in (out / "train.log").read_text()  # it would fail again
+    with pytest.raises(UserError, match=f"^the checkpoint '{best}' is damaged"):
+        load_trained(out)
+    last.unlink()  # as the message says: the run trains again from epoch 1
+    assert run(compose_cfg([*TINY, f"output_dir={out}", "trainer.resume=auto"]))["status"] == "done"
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
