@@ -91,8 +91,9 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch.load's many ways to fail on a damaged file
-        raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read "
+                              f"({type(exc).__name__}: {first_line})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"'{path}' is not a segbench checkpoint (it holds a {type(state).__name__}, not a dict)")
     return state

@@ -17,8 +17,9 @@ narrower re-run, a resume) keeps its record as ``multirun.<n>.yaml``
 (:func:`keep_sweep_record`), so the dir still says every sweep it holds.
 
 Training, resume, the report, compare and the plots read and write these files
-only through :class:`RunDir` (a sweep dir's launch records: the functions below it). Files are replaced atomically, so a kill at any
-moment leaves the previous complete file.
+only through :class:`RunDir` (a sweep dir's launch records: the functions below
+it). Files are replaced atomically, so a kill at any moment leaves the previous
+complete file; a record that cannot be read is a DataError naming it.
 """
 from __future__ import annotations
 
@@ -214,7 +215,8 @@ def _float(value: str) -> float:
 
 
 def _damaged(path: Path, exc: Exception) -> DataError:
-    return DataError(f"'{path}' is damaged and cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+    first_line = (str(exc).splitlines() or [""])[0]
+    return DataError(f"'{path}' is damaged and cannot be read ({type(exc).__name__}: {first_line})")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
