@@ -102,7 +102,9 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
             row[key], row[f"{key}_std"] = _mean_std([r[key] for r in done])
         for key in dict.fromkeys(k for r in done for k in r["classes"]):  # multi-class runs: per class
             row[key], row[f"{key}_std"] = _mean_std([r["classes"].get(key, math.nan) for r in done])
-        row["status"] = "done" if len(done) == len(runs) else ("failed" if not done else "partial")
+        # none done: what the runs are (failed, interrupted, damaged, ...), not "failed" for a run still going
+        not_done = "/".join(sorted({r["status"] for r in runs if r["status"] != "done"}))
+        row["status"] = "done" if len(done) == len(runs) else ("partial" if done else not_done)
         row["seeds"] = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: str(r["seed"])))
         row["errors"] = " | ".join(sorted({r["error"] for r in runs if r["error"]}))
         table.append(row)

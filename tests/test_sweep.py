@@ -76,6 +76,8 @@ def test_compare_two_run_dirs_and_flag_split_mismatch(tmp_path, capsys):
     summary = (out / "summary.md").read_text()
     assert f"`split.seed=1` (damaged): '{b / 'metrics.json'}' is damaged and cannot be read (JSONDecodeError" in summary
     assert "Done: 1, failed: 0, other: 1" in summary
+    # the configuration whose only run is damaged says so (not "failed")
+    assert sorted(r["status"] for r in read_summary(out)) == ["damaged", "done"]
 
 
 def test_compare_rejects_a_dir_without_runs(tmp_path):
