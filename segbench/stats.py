@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
@@ -26,6 +25,8 @@ def bootstrap_ci(values: Sequence[float], confidence: float = CONFIDENCE, seed: 
         return math.nan, math.nan
     if np.all(data == data[0]):
         return float(data[0]), float(data[0])
+    from scipy import stats  # here, not at the top: it costs most of a second, and a run needs it only for a report
+
     result = stats.bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=RESAMPLES,
                              method="BCa", random_state=np.random.default_rng(seed))
     low, high = result.confidence_interval
@@ -45,6 +46,8 @@ def wilcoxon_p(differences: Sequence[float]) -> float:
         return math.nan
     if np.all(d == 0):
         return 1.0
+    from scipy import stats
+
     return float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
 
 
