@@ -5,6 +5,12 @@ multirun the job is recorded as failed and the sweep goes on.
 """
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``: how a message quotes an error from a library (whose later
+    lines are often advice or a long dump)."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+
 class SegbenchError(Exception):
     """An error whose message says what happened and what to do."""
 

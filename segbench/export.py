@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import SegbenchError
+from .errors import SegbenchError, describe
 from .extras import require
 from .inference import CHECKPOINTS, TrainedModel, load_trained
 from .io import atomic_file, write_json
@@ -94,8 +94,7 @@ def export(trained: TrainedModel, fmt: str, output: Path, opset: int | None = No
         except SegbenchError:
             raise
         except Exception as exc:  # the exporters' own errors (unsupported op, tracing failure)
-            raise SegbenchError(f"exporting to {fmt} failed, nothing was written: {type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise SegbenchError(f"exporting to {fmt} failed, nothing was written: {describe(exc)}") from exc
     info = {
         "format": fmt, "run_dir": str(trained.run_dir.path), "input": "float32 (batch, 3, height, width) RGB in [0, 1]",
         "output": "logits (batch, classes, height, width)", "image_size": trained.image_size,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, TrainingError, describe
 
 
 def _umask() -> int:
@@ -91,9 +91,7 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch.load's many ways to fail on a damaged file
-        first_line = (str(exc).splitlines() or [""])[0]
-        raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read "
-                              f"({type(exc).__name__}: {first_line})") from exc
+        raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read ({describe(exc)})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"'{path}' is not a segbench checkpoint (it holds a {type(state).__name__}, not a dict)")
     return state

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from .errors import DataError
+from .errors import DataError, describe
 from .io import CheckpointWriter, load_checkpoint, write_csv, write_json
 
 HISTORY_COLUMNS = ["epoch", "lr", "train/loss", "train/iou", "val/loss", "val/iou", "val/dice", "time"]
@@ -215,8 +215,7 @@ def _float(value: str) -> float:
 
 
 def _damaged(path: Path, exc: Exception) -> DataError:
-    first_line = (str(exc).splitlines() or [""])[0]
-    return DataError(f"'{path}' is damaged and cannot be read ({type(exc).__name__}: {first_line})")
+    return DataError(f"'{path}' is damaged and cannot be read ({describe(exc)})")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

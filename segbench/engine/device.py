@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, describe
 from ..validation import check_choice, check_switch
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,5 @@ def maybe_compile(module: nn.Module) -> nn.Module:
 
 
 def compile_fallback_warning(exc: BaseException) -> None:
-    first_line = str(exc).splitlines()[0] if str(exc) else ""
-    log.warning("trainer.compile=true: torch.compile is unavailable here (%s: %s); training in eager mode",
-                type(exc).__name__, first_line)
+    log.warning("trainer.compile=true: torch.compile is unavailable here (%s); training in eager mode",
+                describe(exc))
