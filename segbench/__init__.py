@@ -1,2 +1,2 @@
 """segbench: config-driven segmentation experiments (SegNet, U-Net, ... on PH2)."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

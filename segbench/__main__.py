@@ -25,8 +25,13 @@ def main(cfg: DictConfig) -> float | None:
     """
     from segbench.train import run  # imported here so `--help` stays fast
 
+    from segbench.signals import Stopped
+
     try:
         metrics = run(cfg)
+    except Stopped as exc:  # SIGTERM, SIGUSR1/2: run() saved the state and logged how to resume
+        print(f"segbench: stopped by {exc.name}", file=sys.stderr)
+        raise SystemExit(exc.exit_status) from None
     except KeyboardInterrupt:  # run() has logged where the last epoch is and how to resume
         print("segbench: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -11,7 +11,9 @@ In one process, with the same model, data and number of optimizer steps, it time
   (c) forward/backward/step on one fixed, already-normalised batch with (b)'s
       settings (the ceiling);
   (d) (b) with the ``--augment`` preset (default ``standard``) applied to every batch;
-and prints images/s of each, b/a, b/c and the cost of the augmentation, the trainer's own per-batch work, the
+and prints images/s of each (and the GFLOP/s of (b) and (c): the training step's floating-point operations,
+counted by torch.utils.flop_counter as ``segbench.summary`` counts them, per second), b/a, b/c and the
+cost of the augmentation, the trainer's own per-batch work, the
 time a checkpoint of the model costs the training loop, and the cold vs cached
 load time of the dataset. Each loop is built once, warmed up (compilation,
 autotuning), then timed in interleaved rounds.
@@ -35,9 +37,10 @@ from .build import build_augment, optimizer_options
 from .config import compose_config
 from .data import PH2, SegArrays, SyntheticDermoscopy
 from .engine import (
-    PRECISIONS, FitSettings, Normalizer, Trainer, autocast, maybe_compile, resolve_device, resolve_precision,
-    resolve_switch,
+    PRECISIONS, FitSettings, Normalizer, Trainer, autocast, maybe_compile, resolve_channels_last, resolve_device,
+    resolve_precision, resolve_switch,
 )
+from .engine.device import cpu_has_avx512, cpu_name, cpu_native_bf16
 from .errors import UserError
 from .io import CheckpointWriter, save_checkpoint
 from .losses import BCELoss
@@ -156,6 +159,21 @@ def ceiling_loop(train: SegArrays, args, device: torch.device, batches_per_epoch
     return run
 
 
+def step_flops_per_image(args, device: torch.device) -> float:
+    """Floating-point operations of one training step (forward and backward of the bench's U-Net and
+    loss, at the bench's batch size and image size) per image, as torch.utils.flop_counter counts them
+    (2 per multiply-add, as ``segbench.summary``); the optimizer's own update is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model(args, device)
+    x = torch.zeros(args.batch_size, 3, args.size, args.size, device=device)
+    y = torch.zeros(args.batch_size, 1, args.size, args.size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        BCELoss()(model(x), y).backward()
+    return counter.get_total_flops() / args.batch_size
+
+
 def trainer_overhead(train: SegArrays, args, device: torch.device, repeats: int = 50) -> float:
     """Seconds per batch of the trainer's own work besides forward/backward/step: gathering and
     normalising the batch, and its IoU (the rest of its bookkeeping is a few scalar operations)."""
@@ -256,10 +274,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
+        auto = resolve_precision("auto", device), resolve_channels_last("auto", device)
         args.precision = resolve_precision(args.precision, device)
     except UserError as exc:
         parser.error(str(exc).replace("trainer.", "--"))
-    args.channels_last = resolve_switch("--channels-last", SWITCHES[args.channels_last], device)
+    args.channels_last = resolve_channels_last(SWITCHES[args.channels_last], device)
     args.compile = resolve_switch("--compile", SWITCHES[args.compile], device)
     if args.dataset == "ph2":
         data = PH2(args.ph2_root, image_size=args.size,
@@ -269,6 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     train = data.subset(data.ids[: args.train_cases])
     batches_per_epoch = -(-len(train) // args.batch_size)
     steps = args.epochs * batches_per_epoch
+    where = (f"CPU {cpu_name()} (native bf16: {'yes' if cpu_native_bf16() else 'no'}, AVX-512: "
+             f"{'yes' if cpu_has_avx512() else 'no'})" if device.type == "cpu" else
+             torch.cuda.get_device_name(device) if device.type == "cuda" else str(device))
+    print(f"{where}; auto resolves to precision {auto[0]}, channels_last {auto[1]}")
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; U-Net base width "
           f"{args.base_width}, {len(train)} {args.dataset} images at {args.size}px, batch {args.batch_size}, "
           f"{args.epochs} epochs = {steps} steps per loop and round, median of {args.rounds} interleaved rounds "
@@ -285,12 +308,15 @@ def main(argv: list[str] | None = None) -> None:
     images = {"a": args.epochs * len(train), "b": args.epochs * len(train), "c": steps * args.batch_size,
               "d": args.epochs * len(train)}
     rates = {k: np.array([images[k] / t for t in v]) for k, v in times.items()}
+    flops = step_flops_per_image(args, device)
     print()
-    print("| loop | images/s (median) | range over rounds |")
-    print("|---|---|---|")
+    print(f"| loop | images/s (median) | range over rounds | GFLOP/s (median; {flops / 1e9:.4g} GFLOP per image "
+          "and step) |")
+    print("|---|---|---|---|")
     for key, label in (("a", "(a) reference notebook loop"), ("b", "(b) segbench trainer"),
                        ("c", "(c) ceiling: fixed batch"), ("d", f"(d) segbench trainer, augment={args.augment}")):
-        print(f"| {label} | {np.median(rates[key]):.1f} | {rates[key].min():.1f} - {rates[key].max():.1f} |")
+        gflops = f"{np.median(rates[key]) * flops / 1e9:.4g}" if key in "bc" else ""
+        print(f"| {label} | {np.median(rates[key]):.1f} | {rates[key].min():.1f} - {rates[key].max():.1f} | {gflops} |")
     print()
     for num, den in (("b", "a"), ("b", "c"), ("d", "b")):
         ratio = rates[num] / rates[den]

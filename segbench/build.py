@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .augment import Augment
 from .engine.callbacks import (
     EMA, BestTracker, Callback, Checkpointer, EarlyStopping, EpochLogger, GradClip, HistoryWriter, ProgressBar,
+    TimeEstimate,
 )
 from .engine.schedule import Schedule
 from .errors import UserError
@@ -123,10 +124,11 @@ def build_loggers(node: DictConfig | None) -> list[Callback]:
 
 
 def build_callbacks(trainer_cfg: DictConfig, run_dir: RunDir, config: dict,
-                    loggers: list[Callback] = ()) -> tuple[list[Callback], BestTracker]:
+                    loggers: list[Callback] = (), slow_hint: str | None = None) -> tuple[list[Callback], BestTracker]:
     """The training loop's callbacks for a run: the optional ones of ``trainer.*`` (grad_clip, ema,
-    early_stop) first, then best-epoch tracking, history.csv, checkpoints, the log line, the loggers
-    (attached to ``run_dir``), progress bars. Returns them and the best-epoch tracker."""
+    early_stop) first, then best-epoch tracking, history.csv, checkpoints, the log line, the time
+    estimate (with ``slow_hint`` for a long run), the loggers (attached to ``run_dir``), progress bars.
+    Returns them and the best-epoch tracker."""
     callbacks: list[Callback] = []
     if trainer_cfg.get("grad_clip") is not None:
         callbacks.append(GradClip(trainer_cfg.grad_clip))
@@ -136,7 +138,8 @@ def build_callbacks(trainer_cfg: DictConfig, run_dir: RunDir, config: dict,
     if early.get("patience") is not None:
         callbacks.append(EarlyStopping(early.patience, early.get("min_delta", 0.0)))
     best = BestTracker("val/iou")
-    callbacks += [best, HistoryWriter(run_dir), Checkpointer(run_dir, best, config), EpochLogger()]
+    callbacks += [best, HistoryWriter(run_dir), Checkpointer(run_dir, best, config), EpochLogger(),
+                  TimeEstimate(slow_hint=slow_hint)]
     callbacks += [logger.attach(run_dir, config) for logger in loggers]
     if trainer_cfg.progress:
         callbacks.append(ProgressBar(int(trainer_cfg.log_every), best))

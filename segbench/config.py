@@ -37,6 +37,7 @@ RUN_SETTINGS = (
     "trainer.eval_batch_size",
     "trainer.compile",
     "trainer.channels_last",
+    "trainer.threads",
     "eval.num_predictions",
     "logger",                 # where a run is tracked (TensorBoard, MLflow), not what it computes
 )
@@ -51,6 +52,15 @@ def is_run_setting(key: str) -> bool:
 def defining_overrides(overrides: Sequence[Any]) -> list[str]:
     """The overrides that define what a run computes: ``overrides`` without the run settings."""
     return [str(o) for o in overrides if not is_run_setting(str(o).split("=", 1)[0])]
+
+
+def parallel_jobs(launcher: Any, cores: int) -> int:
+    """How many jobs a sweep's launcher runs at once on one machine: joblib's ``n_jobs`` (negative as joblib
+    reads it: -1 = one per core); 1 for launchers that run one job per machine (basic, SLURM)."""
+    if not launcher or "joblib" not in str(launcher.get("_target_", "")).lower():
+        return 1
+    n_jobs = int(launcher.get("n_jobs") or 1)
+    return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
 
 
 def _job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
@@ -107,12 +117,12 @@ def validate(cfg: DictConfig) -> None:
     """
     check_missing(cfg)
     t = cfg.trainer
-    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every", "val_every"):
         check_int(f"trainer.{key}", t[key], low=1)
     for key in ("compile", "channels_last"):
         check_switch(f"trainer.{key}", t[key])
-    if t.get("resume") not in (None, "auto"):
-        raise InvalidValue("trainer.resume", t.resume, "null or 'auto'")
+    if t.threads != "auto":
+        check_int("trainer.threads", t.threads, low=1)
     threshold = cfg.eval.threshold
     if threshold != "auto" and (not is_number(threshold) or not 0 < threshold < 1):
         raise InvalidValue("eval.threshold", threshold, "a number > 0 and < 1, or 'auto'")

@@ -18,7 +18,9 @@ from torch import nn
 
 from .build import build
 from .data import SegArrays
-from .errors import UserError
+from hydra.errors import InstantiationException
+
+from .errors import CheckpointError, UserError
 from .evaluate import predict_classes, predict_masks, predict_tta
 from .rundir import RunDir
 
@@ -98,7 +100,11 @@ def load_trained(run_dir: str | Path, which: str = "best", device: torch.device 
     config: dict[str, Any] = state.get("config") or {}
     if "model" not in config:
         raise UserError(f"the checkpoint '{path}' holds no run config; it was not written by segbench")
-    model = build(config["model"], "model")
+    try:  # the config is data from someone else: Hydra refuses executable targets (os.system, eval, ...)
+        model = build(config["model"], "model")
+    except InstantiationException as exc:
+        raise CheckpointError(f"the checkpoint '{path}' names a model that cannot be built: "
+                              f"{str(exc).splitlines()[0]}") from exc
     model.load_state_dict(state["model"])
     network = Normalized(model, **state["normalizer"]).to(device).eval()
     metrics = run.read_metrics()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
 import os
+import pickle
+import re
 import shutil
 import tempfile
 import threading
@@ -18,6 +21,10 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, TrainingError, describe
+
+
+class DiskFull(TrainingError):
+    """A write failed because the filesystem is full; the message names the file."""
 
 
 def _umask() -> int:
@@ -41,8 +48,12 @@ def atomic_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and no_space(exc, path)  # asked before the partial file is removed
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise DiskFull(f"could not write {path}: no space left on device (ENOSPC); free some space and "
+                           "resume: the previous version of the file is intact") from exc
         raise
 
 
@@ -59,6 +70,12 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """``dst`` becomes a copy of ``src`` (a new file, atomically)."""
+    with atomic_file(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -82,19 +99,74 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
     _atomic(path, lambda f: np.savez(f, **arrays), "wb")
 
 
+UPGRADE_COMMAND = "python -m segbench.upgrade_checkpoints"
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint as saved, every tensor on the CPU (RNG states must stay there; weights are copied
-    to the model's device by ``load_state_dict``). A file that is not a readable checkpoint is a
-    CheckpointError naming it (checkpoints are written atomically, so only a copy or an edit can damage one)."""
+    to the model's device by ``load_state_dict``).
+
+    Read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a checkpoint
+    from someone else runs no code when it is loaded. A file that needs more (one written by segbench
+    before 0.2, which pickled numpy's RNG state, or one with a payload) is refused with a
+    CheckpointError that says why and how to convert a trusted one. A file that is not a readable
+    checkpoint is a CheckpointError naming it (checkpoints are written atomically, so only a copy or an
+    edit can damage one)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as exc:
+        if _UNSAFE.search(str(exc)) is None:  # not a refused object: a file that is not a checkpoint
+            raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read ({describe(exc)})") from exc
+        raise CheckpointError(
+            f"the checkpoint '{path}' holds objects that a safe load (torch.load(weights_only=True)) refuses, since "
+            f"loading them could run code ({_unsafe_global(exc)}); segbench before 0.2 wrote such files. If you "
+            f"trust where it came from, convert it once: {UPGRADE_COMMAND} {_run_dir_of(Path(path))}") from exc
     except Exception as exc:  # noqa: BLE001 - torch.load's many ways to fail on a damaged file
         raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read ({describe(exc)})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"'{path}' is not a segbench checkpoint (it holds a {type(state).__name__}, not a dict)")
     return state
+
+
+# how torch's weights-only unpickler names an object it refuses ("Unsupported global: GLOBAL numpy...",
+# "Trying to load unsupported GLOBAL posix.system ...")
+_UNSAFE = re.compile(r"unsupported (?:global: )?GLOBAL ([\w.]+)", re.IGNORECASE)
+
+
+def _unsafe_global(exc: BaseException) -> str:
+    """The global a weights-only load refused, as torch names it (``numpy.core.multiarray._reconstruct``)."""
+    match = _UNSAFE.search(str(exc))
+    return f"it needs {match.group(1)}" if match else describe(exc)
+
+
+def _run_dir_of(path: Path) -> Path:
+    return path.parent.parent if path.parent.name == "checkpoints" else path
+
+
+def no_space(exc: BaseException, path: Path) -> bool:
+    """Whether writing ``path`` failed because its filesystem is full: an ENOSPC anywhere in the error's
+    chain, or (torch's zip writer reports a short write as 'unexpected pos ...') no free space left."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DiskFull) or isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        usage = shutil.disk_usage(Path(path).parent)
+    except OSError:
+        return False
+    return usage.free < 1024 * 1024  # less than 1 MiB left: the write did not fit
+
+
+def write_error(exc: BaseException, path: Path, what: str = "") -> TrainingError:
+    """The error of a failed write of ``path`` (``what``: "checkpoint "): "no space left on device" when
+    the disk is full (torch's zip writer says only 'unexpected pos ...'), else the library's own message."""
+    if no_space(exc, path):
+        return TrainingError(f"could not write {what}{path}: no space left on device (ENOSPC); free some space "
+                             "and resume: the previous version of the file is intact")
+    return TrainingError(f"could not write {what}{path}: {describe(exc)}")
 
 
 def _cpu_copy(obj: Any, reuse: Any = None) -> Any:
@@ -122,6 +194,7 @@ def _cpu_copy(obj: Any, reuse: Any = None) -> Any:
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` the same file as ``src`` (a hard link; a copy where the filesystem has none), atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
     tmp.unlink(missing_ok=True)
     try:
@@ -168,4 +241,4 @@ class CheckpointWriter:
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            raise TrainingError(f"could not write checkpoint {self._path}: {type(error).__name__}: {error}") from error
+            raise write_error(error, self._path, "checkpoint ") from error

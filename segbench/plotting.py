@@ -1,6 +1,7 @@
 """Plots of one run, read from its run directory (or given arrays); never called inside the training loop."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -25,15 +26,18 @@ def class_colours(num_classes: int) -> list[tuple[float, float, float]]:
 def plot_curves(run_dir: RunDir, title: str = "") -> Path:
     """Loss and IoU per epoch, train vs val, from ``history.csv``; writes ``curves.png``."""
     rows = run_dir.read_history()
+    validated = [r for r in rows if not math.isnan(r["val/iou"])]  # every epoch, or every trainer.val_every-th
     epoch = [r["epoch"] for r in rows]
     col = lambda k: [r[k] for r in rows]  # noqa: E731
+    val_epoch = [r["epoch"] for r in validated]
+    val = lambda k: [r[k] for r in validated]  # noqa: E731
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epoch, col("train/loss"), "o-", label="train")
-    ax_loss.plot(epoch, col("val/loss"), "s-", label="val")
+    ax_loss.plot(val_epoch, val("val/loss"), "s-", label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_iou.plot(epoch, col("train/iou"), "o-", label="train IoU")
-    ax_iou.plot(epoch, col("val/iou"), "s-", label="val IoU")
-    ax_iou.plot(epoch, col("val/dice"), "--", label="val Dice")
+    ax_iou.plot(val_epoch, val("val/iou"), "s-", label="val IoU")
+    ax_iou.plot(val_epoch, val("val/dice"), "--", label="val Dice")
     ax_iou.set(xlabel="epoch", ylabel="score", title="IoU / Dice", ylim=(0, 1))
     for ax in (ax_loss, ax_iou):
         ax.grid(alpha=0.3)

@@ -65,6 +65,7 @@ def load_run(run_dir: RunDir) -> dict:
         "family": report_stats.split_family(split) if split else None,
         "history": read(run_dir.read_history, []),
         "per_image": read(run_dir.read_per_image, []) if metrics.get("status") == "done" else [],
+        "provenance": metrics.get("provenance") or {},
     }
     row["status"] = "damaged" if problems else run_dir.status()
     row["error"] = "; ".join(problems) or metrics.get("error", "")
@@ -199,8 +200,9 @@ def _curves(rows: Sequence[dict], key: str, ylabel: str, out: Path) -> None:
             color, j = palette[i % len(palette)], i // len(palette)
         else:
             color, j = palette[models.index(r["model"]) % len(palette)], losses.index(r["loss"])
-        epochs = [h["epoch"] for h in r["history"]]
-        values = [h[key] for h in r["history"]]
+        validated = [h for h in r["history"] if not math.isnan(h[key])]  # trainer.val_every skips some epochs
+        epochs = [h["epoch"] for h in validated]
+        values = [h[key] for h in validated]
         ax.plot(epochs, values, styles[j % 4], marker=markers[(j // 4) % len(markers)], markersize=4,
                 color=color, lw=1.8, label=_label(r, with_seed))
     ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} of {len(runs)} runs"
@@ -298,6 +300,24 @@ def _split_note(rows: Sequence[dict]) -> str:
             "compared below, and their test scores in the table above are not comparable.")
 
 
+def machine_note(rows: Sequence[dict]) -> str:
+    """A warning when the finished runs differ in torch version or kind of device (their numbers differ in
+    the last digits for that alone), and a note when CPU runs ran on different CPU models; "" otherwise.
+    Runs from before segbench 0.2 record neither and are left out."""
+    done = [r for r in rows if r["status"] == "done" and r["provenance"]]
+    lines = []
+    for key, what in (("torch", "torch versions"), ("device_kind", "kinds of device")):
+        values = sorted({str(r["provenance"].get(key)) for r in done})
+        if len(values) > 1:
+            lines.append(f"**Warning: the runs ran on different {what}** ({', '.join(values)}): results differ "
+                         "across these by rounding alone; compare runs of one setup where the difference is small.")
+    cpus = sorted({str(r["provenance"].get("cpu")) for r in done if r["provenance"].get("device_kind") == "cpu"})
+    if len(cpus) > 1:
+        lines.append(f"Note: the CPU runs ran on {len(cpus)} CPU models ({'; '.join(cpus)}); CPU results are exact "
+                     "on one machine but differ in the last digits across CPUs.")
+    return "\n\n".join(lines)
+
+
 def build_report(run_dirs: Sequence[RunDir], out_dir: Path, metric: str = "iou", baseline: str | None = None) -> dict:
     """Write summary.csv, runs.csv, summary.md and the plots into ``out_dir``; returns counts.
 
@@ -312,6 +332,10 @@ def build_report(run_dirs: Sequence[RunDir], out_dir: Path, metric: str = "iou",
     classes = list(dict.fromkeys(k for r in rows for k in r["classes"]))  # multi-class runs' per-class metrics
     splits = sorted({r["split"] for r in rows if r["split"]})
     split_note = _split_note(rows)
+    machines = machine_note(rows)
+    if machines:
+        split_note += "\n\n" + machines
+        log.warning("%s", machines.replace("**", ""))
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["loss"], r["overrides"]), []).append(r)

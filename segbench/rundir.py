@@ -1,7 +1,10 @@
 """The run directory: every file name and format of a run, its writers and its readers.
 
     <run>/
-      .hydra/{config,overrides,hydra}.yaml   written by Hydra (read here)
+      .hydra/{config,overrides,hydra}.yaml   written by Hydra (read here); .hydra/accepted/ holds a copy of
+                                             the launch that trained the run (Hydra writes .hydra anew at
+                                             every launch, a refused one too: the copy is put back)
+      run.json                               the resolved config, and every launch's provenance
       train.log                              python logging
       split.json                             case ids of train / val / test, split settings, digest
       history.csv                            one row per epoch (HISTORY_COLUMNS)
@@ -33,7 +36,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from .errors import DataError, describe
-from .io import CheckpointWriter, load_checkpoint, write_csv, write_json
+from .io import CheckpointWriter, copy_file, load_checkpoint, write_csv, write_json
 
 HISTORY_COLUMNS = ["epoch", "lr", "train/loss", "train/iou", "val/loss", "val/iou", "val/dice", "time"]
 COUNT_COLUMNS = ("tp", "fp", "fn", "tn")
@@ -56,6 +59,8 @@ class RunDir:
         self.curves_png = self.path / "curves.png"
         self.predictions_png = self.path / "predictions.png"
         self.augmentations_png = self.path / "augmentations.png"
+        self.run_json = self.path / "run.json"
+        self.accepted = self.hydra / "accepted"
         self._writer: CheckpointWriter | None = None
 
     def __repr__(self) -> str:
@@ -125,6 +130,69 @@ class RunDir:
         rows = _read_csv(self.per_image_csv)
         text = set(list(rows[0])[:2]) if rows else set()
         return [{k: v if k in text else _float(v) for k, v in r.items()} for r in rows]
+
+    # -- run.json ----------------------------------------------------------
+    def read_record(self) -> dict:
+        """run.json: ``{"config": the resolved config, "launches": [provenance of each launch, ...]}``;
+        {} when the run has none (written before segbench 0.2, or not started)."""
+        return _read_json(self.run_json)
+
+    def write_record(self, config: dict, launch: dict) -> None:
+        """The resolved ``config`` of this launch, and ``launch`` appended to the launches on record (a
+        damaged run.json starts a new list: it is a record, not a result)."""
+        try:
+            launches = list(self.read_record().get("launches", []))
+        except DataError:
+            launches = []
+        write_json(self.run_json, {"config": config, "launches": [*launches, launch]})
+
+    def previous_config(self) -> dict | None:
+        """The resolved config of the run this dir holds: run.json's, or (older dirs) a checkpoint's; None
+        when there is none (nothing trained yet). A checkpoint that cannot be read raises its CheckpointError."""
+        try:
+            config = self.read_record().get("config")
+        except DataError:
+            config = None
+        if config:
+            return config
+        for path in (self.last_pt, self.best_pt):
+            if path.is_file():
+                return load_checkpoint(path).get("config") or None
+        return None
+
+    # -- Hydra's record of the launch that trained the run ----------------
+    HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+    def keep_hydra_record(self) -> None:
+        """Copy this launch's ``.hydra/*.yaml`` to ``.hydra/accepted/``: the launch that trains the run."""
+        if not self.hydra.is_dir():
+            return  # outside Hydra (tests, notebooks)
+        for name in self.HYDRA_FILES:  # copies: Hydra rewrites its files in place, a hard link would follow
+            if (self.hydra / name).is_file():
+                copy_file(self.hydra / name, self.accepted / name)
+
+    def restore_hydra_record(self) -> bool:
+        """Put the accepted launch's ``.hydra/*.yaml`` back (Hydra wrote this launch's over them before the
+        run could refuse it, or find it finished); False when there is no copy (a dir from before 0.2)."""
+        if not all((self.accepted / name).is_file() for name in self.HYDRA_FILES):
+            return False
+        for name in self.HYDRA_FILES:
+            copy_file(self.accepted / name, self.hydra / name)
+        return True
+
+    RESULTS = ("metrics_json", "history_csv", "per_image_csv", "split_json", "curves_png", "predictions_png",
+               "augmentations_png", "last_pt", "best_pt", "run_json")
+
+    def remove_results(self) -> list[str]:
+        """Delete what a run wrote (metrics, history, checkpoints, plots, split, record); train.log and
+        Hydra's files stay. Returns the names removed."""
+        removed = []
+        for attribute in self.RESULTS:
+            path: Path = getattr(self, attribute)
+            if path.is_file():
+                path.unlink()
+                removed.append(str(path.relative_to(self.path)))
+        return removed
 
     # -- checkpoints -------------------------------------------------------
     def save_checkpoint(self, state: dict, best: bool) -> None:

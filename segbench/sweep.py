@@ -2,8 +2,11 @@
 the resolver behind ``hydra.sweep.subdir`` that lets a resuming job continue its existing dir."""
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,8 +15,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import RUN_SETTINGS, defining_overrides
+from .config import RUN_SETTINGS, defining_overrides, parallel_jobs
+from .engine.callbacks import duration
+from .engine.device import usable_cores
 from .errors import DataError, UserError
+from .io import write_json
 from .report import build_report
 from .rundir import find_runs, keep_sweep_record
 
@@ -26,7 +32,7 @@ def job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
     ``default`` is the job's ``hydra.job.override_dirname``: what the sweep varies
     (``loss=dice,model=unet``). A narrower re-run of a sweep varies less, so its
     jobs' default names differ from the first sweep's. A job that resumes
-    (``trainer.resume=auto`` among its overrides) and whose default directory does
+    (``trainer.resume=auto``, the default: not ``overwrite``) and whose default directory does
     not exist therefore continues the one run of the sweep dir that was launched
     with the same overrides (its ``.hydra/overrides.yaml``; run settings aside),
     instead of training again in a new directory. No such run, or more than one:
@@ -34,7 +40,7 @@ def job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
     """
     overrides = [str(o) for o in overrides]
     root = Path(str(sweep_dir))
-    if "trainer.resume=auto" not in overrides or (root / default).exists() or not root.is_dir():
+    if "trainer.resume=overwrite" in overrides or (root / default).exists() or not root.is_dir():
         return default
     wanted = set(defining_overrides(overrides))
     matches = []
@@ -64,6 +70,37 @@ def check_sweeper_storage(sweeper: Any) -> None:
             f"allows optuna < 3 only) cannot keep a study in a database with SQLAlchemy {sqlalchemy} (alembic and "
             "mlflow need SQLAlchemy 2); leave hydra.sweeper.storage=null: the study is kept in memory, and every "
             "trial is still a run dir in the sweep's report")
+
+
+SWEEP_CLOCK = ".segbench-sweep.json"   # this launch: when it started, how many jobs, how many at once
+JOBS_ENDED = ".segbench-jobs-ended"     # one line per job that ended: "<launch> <job num> <time>"
+
+
+def sweep_size(config: DictConfig) -> int | None:
+    """How many jobs this launch runs: the product of the sweep's value lists (Hydra's basic sweeper), or
+    the sweeper's ``n_trials``; None when neither says."""
+    sweeper = config.hydra.get("sweeper") or {}
+    if sweeper.get("n_trials") is not None:
+        return int(sweeper.n_trials)
+    if "BasicSweeper" not in str(sweeper.get("_target_", "")):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    except Exception:  # noqa: BLE001 - only the estimate is lost
+        return None
+
+
+def estimate_line(jobs: int, ended: int, elapsed: float, parallel: int) -> str:
+    """The log line of a sweep's estimate after ``ended`` of ``jobs`` jobs, ``elapsed`` seconds into it,
+    with ``parallel`` jobs at a time (the first ones to end stand for a wave of that many)."""
+    left = max(0, jobs - ended)
+    rate = max(ended, min(parallel, jobs)) / max(elapsed, 1e-9)  # jobs per second
+    finish = datetime.datetime.now() + datetime.timedelta(seconds=left / rate)
+    return (f"sweep: {ended} of {jobs} jobs ended in {duration(elapsed)}; estimated {duration(left / rate)} for the "
+            f"other {left} (about {finish.strftime('%H:%M')}" + (f", {parallel} at a time)" if parallel > 1 else ")"))
 
 
 class ReportCallback(Callback):
@@ -100,6 +137,7 @@ class ReportCallback(Callback):
                 f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"
             )
         OmegaConf.set_readonly(config, read_only)
+        self._start_clock(config)
         try:  # Hydra is about to write this launch's multirun.yaml over an earlier launch's
             kept = keep_sweep_record(config.hydra.sweep.dir)
         except OSError as exc:
@@ -107,6 +145,32 @@ class ReportCallback(Callback):
         else:
             if kept is not None:
                 log.info("an earlier launch into %s: its multirun.yaml is kept as %s", kept.parent, kept.name)
+
+    def _start_clock(self, config: DictConfig) -> None:
+        """Record this launch's start, size and parallelism in the sweep dir, where the jobs (in this
+        process or a launcher's workers) read it to estimate the sweep's time."""
+        jobs = sweep_size(config)
+        if jobs is None:
+            return
+        clock = {"launch": f"{time.time():.6f}", "started": time.time(), "jobs": jobs,
+                 "parallel": parallel_jobs(config.hydra.get("launcher"), usable_cores())}
+        try:
+            write_json(Path(config.hydra.sweep.dir) / SWEEP_CLOCK, clock)
+        except OSError as exc:
+            log.warning("no estimate of the sweep's time: %s", exc)
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        """After each job: the estimated time of the rest of the sweep, from the jobs that ended so far."""
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            clock = json.loads((sweep_dir / SWEEP_CLOCK).read_text())
+            with open(sweep_dir / JOBS_ENDED, "a") as f:  # one short line per write: appends do not interleave
+                f.write(f"{clock['launch']} {config.hydra.job.num} {time.time():.3f}\n")
+            ended = sum(line.split(" ", 1)[0] == clock["launch"] for line in (sweep_dir / JOBS_ENDED).read_text().splitlines())
+        except (OSError, ValueError, KeyError):
+            return  # no clock: a launch this callback did not start, or a sweeper of unknown size
+        if ended < clock["jobs"]:
+            log.info("%s", estimate_line(clock["jobs"], ended, time.time() - clock["started"], clock["parallel"]))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

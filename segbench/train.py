@@ -17,57 +17,147 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import torch
+
 from .build import (build, build_augment, build_callbacks, build_loggers, build_optimizer, build_schedule,
                     check_schedule)
-from .config import check_resumable, choices, validate
+from .config import choices, differences, parallel_jobs, validate
 from .data import SegDataset
+from .engine import (EarlyStopping, FitSettings, Trainer, resolve_channels_last, resolve_device, resolve_precision,
+                     resolve_switch, resolve_threads, seed_everything)
+from .engine.device import cpu_name, usable_cores
 from .errors import CheckpointError, UserError
-from .engine import EarlyStopping, FitSettings, Trainer, resolve_device, resolve_precision, resolve_switch, seed_everything
 from .evaluate import score_test
 from .plotting import plot_augmentations, plot_curves, plot_predictions
+from .provenance import provenance
 from .rundir import RunDir, sweep_records
+from .signals import Stopped, forward, stop_on_signals
 from .splits import Split
+from .validation import InvalidValue, check_choice
 
 log = logging.getLogger(__name__)
+
+
+RESUME_MODES = ("auto", "overwrite")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; returns the metrics written to ``metrics.json``.
 
-    With ``trainer.resume=auto``, a run dir whose ``metrics.json`` says ``done`` is
-    not trained again (its metrics are returned), and one with a ``last.pt``
-    continues from it. A run that raises still leaves a ``metrics.json``, with
-    status ``failed`` (or ``interrupted``) and the error, next to its last good
-    checkpoint.
+    A run dir that already holds a run is never trained twice nor overwritten silently
+    (``trainer.resume=auto``, the default): a finished run (``metrics.json`` says ``done``)
+    is returned as it is, a partial one continues from its ``last.pt``, and one with other
+    defining settings is refused, naming them. ``trainer.resume=overwrite`` trains from
+    epoch 1 and replaces what the dir holds. A run that raises still leaves a
+    ``metrics.json``, with status ``failed`` (or ``interrupted``: Ctrl-C, SIGTERM, SIGUSR1)
+    and the error, next to its last good checkpoint.
     """
     run_dir = RunDir(cfg.output_dir).create()
     run_dir.ensure_log_file()
-    if cfg.trainer.get("resume") == "auto" and run_dir.status() == "done":
-        log.info("%s is complete (metrics.json status done); not training again", run_dir.path)
+    mode = cfg.trainer.get("resume")
+    if mode is None:
+        raise InvalidValue("trainer.resume", mode, "'auto' (continue a used run dir; the default) or 'overwrite' "
+                           "(train it again from epoch 1, replacing its files); null is no longer a setting")
+    check_choice("trainer.resume", mode, RESUME_MODES)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if _used_dir(run_dir, mode, resolved) == "done":
+        log.info("%s holds a finished run with these settings (metrics.json status done): not training it again; "
+                 "trainer.resume=overwrite trains it again", run_dir.path)
         return run_dir.read_metrics()
+    run_dir.keep_hydra_record()
+    with stop_on_signals():
+        try:
+            return _run(cfg, run_dir, resolved)
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            status = "interrupted" if interrupted else "failed"
+            record = {"status": status, "error": _error_text(exc)}
+            if isinstance(exc, Stopped):
+                record["signal"] = exc.name
+            run_dir.write_metrics(record)
+            if interrupted or (run_dir.last_pt.is_file() and not isinstance(exc, CheckpointError)):  # not from it
+                log.error("%s%s; the last finished epoch is in %s. Resume with:\n  %s", status,
+                          f" by {exc.name}" if isinstance(exc, Stopped) else "", run_dir.checkpoints,
+                          resume_command(run_dir))
+            if isinstance(exc, Stopped):
+                forward(exc)  # a launcher's own handler (submitit requeues the job), now that the state is saved
+            raise
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, Stopped):
+        return exc.name
+    return "KeyboardInterrupt" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+
+
+def _used_dir(run_dir: RunDir, mode: str, resolved: dict) -> str:
+    """What to do with what ``run_dir`` holds: ``new`` (nothing, or replaced with ``overwrite``),
+    ``continue`` (a partial run of the same settings) or ``done`` (a finished one). A run of other
+    defining settings is refused before any file changes; Hydra's record of this launch is then put back."""
+    status = run_dir.status()
+    if mode == "overwrite":
+        removed = run_dir.remove_results()
+        if removed:
+            log.warning("trainer.resume=overwrite: removed the earlier run's %s from %s; training from epoch 1",
+                        ", ".join(removed), run_dir.path)
+        return "new"
     try:
-        return _run(cfg, run_dir)
-    except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        status = "interrupted" if interrupted else "failed"
-        error = "KeyboardInterrupt" if interrupted else f"{type(exc).__name__}: {exc}"
-        run_dir.write_metrics({"status": status, "error": error})
-        if interrupted or (run_dir.last_pt.is_file() and not isinstance(exc, CheckpointError)):  # not from it
-            log.error("%s; the last finished epoch is in %s. Resume with:\n  %s", status, run_dir.checkpoints,
-                      resume_command(run_dir))
+        previous = run_dir.previous_config()
+        diff = differences(previous, resolved) if previous is not None else []
+    except CheckpointError:
+        run_dir.restore_hydra_record()
         raise
+    if diff:
+        run_dir.restore_hydra_record()
+        what = "finished" if status == "done" else "partial"
+        raise UserError(
+            f"'{run_dir.path}' holds a {what} run with other settings ({'; '.join(diff)}); use another run dir "
+            f"(hydra.run.dir=...), or trainer.resume=overwrite to train this one again from epoch 1, replacing its files")
+    if status == "done":
+        run_dir.restore_hydra_record()  # its files untouched: the record is the launch that trained it
+        return "done"
+    return "continue" if previous is not None else "new"
 
 
-def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
+def concurrent_jobs() -> int:
+    """How many jobs of this sweep run at once on this machine (:func:`segbench.config.parallel_jobs`);
+    1 outside a sweep."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return 1
+    return parallel_jobs(HydraConfig.get().launcher, usable_cores())
+
+
+# presets made for a GPU, and their versions for a CPU
+CPU_PRESETS = {"ph2_recipe": "ph2_recipe_cpu"}
+
+
+def _slow_hint(device: torch.device) -> str | None:
+    """On a CPU, for a preset made for a GPU: which preset to use instead."""
+    if device.type != "cpu" or not HydraConfig.initialized():
+        return None
+    experiment = HydraConfig.get().runtime.choices.get("experiment")
+    if experiment in CPU_PRESETS:
+        return (f"experiment={experiment} is made for a GPU; on a CPU use experiment={CPU_PRESETS[experiment]} "
+                "(the same recipe at 128 px and base width 16: about 15 min on 2 cores)")
+    return None
+
+
+def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     start = time.perf_counter()
     # 1. config: every run setting checked before any work
     validate(cfg)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     device = resolve_device(str(cfg.trainer.device), HydraConfig.get().job.num if multirun else None)
-    precision = resolve_precision(str(cfg.trainer.precision), device)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    threads = resolve_threads(cfg.trainer.threads, concurrent_jobs())
+    torch.set_num_threads(threads)
+    saved = _last_state(run_dir)  # read once: checked, then restored
+    precision, channels_last = _how_to_compute(cfg, device, saved)
     names = choices(cfg)
-    log.info("run dir %s; device %s; %s", run_dir.path, device, ", ".join(f"{k}={v}" for k, v in names.items()))
+    log.info("run dir %s; device %s (%s, %d threads); %s", run_dir.path, device,
+             cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device) if device.type == "cuda"
+             else device.type, threads, ", ".join(f"{k}={v}" for k, v in names.items()))
+    launch = provenance(device, precision, channels_last, threads)
+    run_dir.write_record(resolved, launch)
     # 2. components, before any data is read (the scheduler needs the number of batches: checked now, built after)
     seed_everything(int(cfg.seed))
     model = build(cfg.model, "model")
@@ -90,23 +180,31 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     log.info("data: %s, %d/%d/%d train/val/test at %dpx, loaded in %.2fs (split %s)", names["dataset"],
              *(len(parts[k]) for k in ("train", "val", "test")), dataset.image_size, load_time, split["digest"])
     params = sum(p.numel() for p in model.parameters())
-    log.info("model: %s, %s parameters; precision %s", names["model"], f"{params:,}", precision)
+    log.info("model: %s, %s parameters; precision %s, %s memory format", names["model"], f"{params:,}", precision,
+             launch["memory_format"])
     # 4. engine
     settings = FitSettings(
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
         threshold=0.5 if cfg.eval.threshold == "auto" else float(cfg.eval.threshold), seed=int(cfg.seed),
-        precision=precision, channels_last=resolve_switch("trainer.channels_last", cfg.trainer.channels_last, device),
+        precision=precision, channels_last=channels_last,
         compile=resolve_switch("trainer.compile", cfg.trainer.compile, device),
         class_names=tuple(dataset.class_names) if dataset.num_classes > 1 else None,
+        val_every=int(cfg.trainer.val_every),
     )
     schedule = build_schedule(cfg.get("scheduler"), optimizer, settings.epochs,
                               math.ceil(len(parts["train"]) / settings.batch_size))
-    callbacks, best = build_callbacks(cfg.trainer, run_dir, resolved, loggers)
+    callbacks, best = build_callbacks(cfg.trainer, run_dir, resolved, loggers, _slow_hint(device))
     trainer = Trainer(model, loss_fn, optimizer, settings, device, schedule, callbacks, augment)
-    start_epoch = _resume(cfg, run_dir, trainer, resolved)
+    start_epoch = 1
+    if saved is not None:
+        start_epoch = trainer.load_state(saved)
+        log.info("resuming from %s at epoch %d of %d", run_dir.last_pt, start_epoch, cfg.trainer.epochs)
+    del saved
     if augment is not None and start_epoch == 1:
         plot_augmentations(run_dir, parts["train"], augment, device)  # draws from a forked RNG: changes nothing
+    loop_start = time.perf_counter()
     trainer.fit(parts["train"], parts["val"], start_epoch)
+    loop_time = time.perf_counter() - loop_start
     # 5. evaluation of the best checkpoint
     trainer.load_weights(run_dir.load_checkpoint("best"))
     result = score_test(trainer, loss_fn, dataset, parts["val"], parts["test"], cfg.eval.threshold,
@@ -118,10 +216,14 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
         "epochs": settings.epochs, "stopped_epoch": early.stopped_epoch if early else None, "params": params,
         "train_time_s": trainer.train_time,
         "images_per_s": trainer.train_images / trainer.train_time if trainer.train_time > 0 else math.nan,
+        "epoch_loop_s": loop_time if start_epoch == 1 else None,  # this launch's loop; with a resume, part of it
         "data_load_s": load_time, "total_time_s": time.perf_counter() - start, "device": str(device),
-        "precision": precision, **names, "image_size": dataset.image_size, "split_digest": split["digest"],
+        "precision": precision, "memory_format": launch["memory_format"], "threads": threads,
+        "cpu": launch["cpu"], "cpu_native_bf16": launch["cpu_native_bf16"], "gpu": launch["gpu"],
+        **names, "image_size": dataset.image_size, "split_digest": split["digest"],
         "threshold": result.threshold,
         "definitions": {**result.definitions, "checkpoint": f"best val/iou (epoch {best.epoch})"},
+        "provenance": launch,
     }
     run_dir.write_per_image(parts["test"].ids, result.rows, parts["test"].groups, dataset.group_key)
     run_dir.write_metrics(metrics)
@@ -136,18 +238,31 @@ def _run(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     return metrics
 
 
-def _resume(cfg: DictConfig, run_dir: RunDir, trainer: Trainer, resolved: dict) -> int:
-    """With ``trainer.resume=auto`` and a ``last.pt``: check its settings, restore it, return the next epoch."""
-    if cfg.trainer.get("resume") != "auto" or not run_dir.last_pt.is_file():
-        return 1
+def _last_state(run_dir: RunDir) -> dict | None:
+    """The state of ``last.pt`` to continue from, or None to start at epoch 1 (run() has checked that
+    its settings are this run's)."""
+    if not run_dir.last_pt.is_file():
+        return None
     try:
-        state = run_dir.load_checkpoint("last")  # read once: checked, then restored
+        return run_dir.load_checkpoint("last")
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; cannot resume from it: delete it to train this run again from epoch 1") from exc
-    check_resumable(state["config"], resolved, run_dir.last_pt)
-    start_epoch = trainer.load_state(state)
-    log.info("resuming from %s at epoch %d of %d", run_dir.last_pt, start_epoch, cfg.trainer.epochs)
-    return start_epoch
+
+
+def _how_to_compute(cfg: DictConfig, device: torch.device, saved: dict | None) -> tuple[str, bool]:
+    """Precision and memory format: resolved for this machine, or, for a resumed run whose settings say
+    ``auto``, the ones it started with (another machine may resolve ``auto`` otherwise), with a warning
+    when this CPU lacks native bf16 for them."""
+    precision = resolve_precision(str(cfg.trainer.precision), device)
+    channels_last = resolve_channels_last(cfg.trainer.channels_last, device)
+    before = (saved or {}).get("settings") or {}
+    if before.get("precision") and cfg.trainer.precision == "auto" and before["precision"] != precision:
+        log.warning("resuming in %s, the precision this run started with (trainer.precision=auto would be %s "
+                    "here)", before["precision"], precision)
+        precision = resolve_precision(before["precision"], device)  # warns when this CPU has no native bf16
+    if before.get("channels_last") is not None and cfg.trainer.channels_last == "auto":
+        channels_last = bool(before["channels_last"])
+    return precision, channels_last
 
 
 def resume_command(run_dir: RunDir) -> str:

@@ -12,6 +12,7 @@ import pytest
 from skimage import io as skio
 
 from segbench.config import CONF_DIR, compose_config
+from segbench.engine import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
@@ -29,11 +30,26 @@ TINY = [
     "trainer.eval_batch_size=4",
     "trainer.progress=false",
     "trainer.device=cpu",
+    "trainer.precision=fp32",        # the same maths on every CPU (auto picks bf16 where it is native)
+    "trainer.channels_last=false",
     "eval.num_predictions=2",
 ]
 
 
 compose_cfg = compose_config  # conf/config.yaml composed as the CLI would, without running the job
+
+
+def interrupt_in_epoch(monkeypatch, stop_epoch):
+    """Make training raise KeyboardInterrupt (as Ctrl-C does) when ``stop_epoch`` starts; returns the undo."""
+    train_epoch = Trainer.train_epoch
+
+    def interrupted(self, images, masks, epoch):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return train_epoch(self, images, masks, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    return lambda: monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
 
 
 def run_cli(args, cwd, env=None):

@@ -7,19 +7,75 @@ import torch
 
 from segbench import bench
 from segbench.data import SyntheticDermoscopy
-from segbench.engine import FitSettings, Normalizer, Trainer, resolve_device, resolve_precision
+from segbench.engine import (FitSettings, Normalizer, Trainer, resolve_channels_last, resolve_device, resolve_precision,
+                             resolve_threads)
 from segbench.errors import UserError
 from segbench.io import load_checkpoint
 from segbench.losses import BCELoss
 from segbench.models import UNet
 from segbench.train import run
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, interrupt_in_epoch
 
 
-def test_precision_auto_is_fp32_on_cpu(tmp_path):
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    metrics = run(compose_cfg([*TINY, f"output_dir={tmp_path}"]))
-    assert metrics["precision"] == "fp32"
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_settings_follow_what_the_cpu_can_do(monkeypatch, native, caplog):
+    from segbench.engine import device as dev
+
+    monkeypatch.setattr(dev, "cpu_native_bf16", lambda: native)
+    monkeypatch.setattr(dev, "cpu_has_avx512", lambda: native)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_channels_last("auto", cpu) is native
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_channels_last(False, cpu) is False
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    caplog.clear()
+    assert resolve_precision("bf16", cpu) == "bf16"  # an explicit choice is kept; where it is slow, said so
+    assert ("about 8x slower than fp32" in caplog.text) is not native
+
+
+def test_threads_are_divided_among_the_jobs_that_run_at_once(monkeypatch):
+    from segbench.config import parallel_jobs
+    from segbench.engine import device as dev
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(dev, "usable_cores", lambda: 8)
+    assert [resolve_threads("auto", k) for k in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert resolve_threads(3, 2) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # set by the user, or by joblib in its workers
+    assert resolve_threads("auto", 1) == 2
+    joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
+    assert parallel_jobs({**joblib, "n_jobs": 2}, 8) == 2
+    assert parallel_jobs({**joblib, "n_jobs": -1}, 8) == 8 and parallel_jobs({**joblib, "n_jobs": -2}, 8) == 7
+    assert parallel_jobs({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 8) == 1
+    assert parallel_jobs({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}, 8) == 1
+
+
+def test_metrics_record_how_the_maths_ran(tmp_path):
+    from segbench.engine.device import cpu_name, cpu_native_bf16
+
+    metrics = run(compose_cfg([*TINY, "trainer.threads=1", f"output_dir={tmp_path}"]))
+    assert (metrics["precision"], metrics["memory_format"], metrics["threads"]) == ("fp32", "contiguous", 1)
+    assert metrics["cpu"] == cpu_name() and metrics["cpu_native_bf16"] == cpu_native_bf16()
+    assert metrics["gpu"] is None and metrics["epoch_loop_s"] >= metrics["train_time_s"] > 0
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
+
+
+def test_a_resume_keeps_the_precision_it_started_with(tmp_path, monkeypatch, caplog):
+    from segbench.engine import device as dev
+
+    monkeypatch.setattr(dev, "cpu_native_bf16", lambda: True)  # where the run starts: auto is bf16
+    args = [*TINY, "trainer.epochs=3", "trainer.precision=auto", f"output_dir={tmp_path}"]
+    restore = interrupt_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_cfg(args))
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["settings"]["precision"] == "bf16"
+    restore()
+    monkeypatch.setattr(dev, "cpu_native_bf16", lambda: False)  # resumed on a CPU without native bf16
+    metrics = run(compose_cfg(args))
+    assert metrics["status"] == "done" and metrics["precision"] == "bf16"
+    assert "resuming in bf16, the precision this run started with (trainer.precision=auto would be fp32" in caplog.text
+    assert "about 8x slower than fp32" in caplog.text
 
 
 def test_precision_choices_are_checked():
@@ -112,7 +168,15 @@ def test_bench_command_prints_the_table(capsys):
                  "(d) segbench trainer, augment=standard", "augment=standard costs", "checkpoint (model + Adam state",
                  "no PH2 root"):
         assert line in out
-    assert "precision fp32, channels_last False, Adam, compile False" in out  # a CPU run's settings
+    from segbench.engine.device import cpu_name
+
+    auto = resolve_precision("auto", CPU), resolve_channels_last("auto", CPU)
+    assert f"CPU {cpu_name()} (native bf16: " in out and f"auto resolves to precision {auto[0]}, channels_last {auto[1]}" in out
+    assert f"precision {auto[0]}, channels_last {auto[1]}, Adam, compile False" in out  # a CPU run's settings
+    flops = float(out.split("GFLOP/s (median; ")[1].split(" GFLOP per image")[0])
+    assert flops > 0
+    b = [line for line in out.splitlines() if line.startswith("| (b)")][0].split("|")
+    assert float(b[4]) == pytest.approx(float(b[2]) * flops, rel=0.01)  # GFLOP/s = images/s x GFLOP per image
 
 
 def test_bench_runs_the_trainer_with_the_chosen_fast_paths(capsys):
@@ -199,3 +263,44 @@ def test_auto_device_spreads_multirun_jobs_over_gpus(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda")  # a single run uses the current GPU
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("auto", job_num=5) == torch.device("cuda")
+
+
+def test_time_estimates_are_logged_after_the_first_epoch_and_every_few(tmp_path, caplog):
+    run(compose_cfg([*TINY, "trainer.epochs=5", f"output_dir={tmp_path}"]))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimated ")]
+    assert [line.split("(")[1].split(" of")[0] for line in lines] == ["4", "3", "2", "1"]  # every epoch of 5
+    assert all(" to finish training (" in line and "epochs left at" in line for line in lines)
+
+
+def test_a_long_run_on_the_cpu_names_the_cpu_preset_early(monkeypatch, caplog):
+    """A GPU preset on a CPU: the estimate from the first batches (before the first epoch ends) names the CPU preset."""
+    from segbench.engine import TimeEstimate
+    from segbench.engine.callbacks import duration
+
+    clock = iter([0.0, 10.0, 30.0, 50.0])
+    monkeypatch.setattr("segbench.engine.callbacks.time.perf_counter", lambda: next(clock))
+    trainer = type("T", (), {"settings": FitSettings(epochs=100, batch_size=10)})()
+    estimate = TimeEstimate(slow_hint="use experiment=ph2_recipe_cpu")
+    estimate.on_fit_start(trainer, 1)  # t = 0
+    estimate.on_train_epoch_start(trainer, 1, 10)
+    estimate.on_train_batch_end(trainer, 1, lambda: 0.0)  # t = 10: after the warm-up batch
+    estimate.on_train_batch_end(trainer, 2, lambda: 0.0)
+    assert not caplog.records
+    estimate.on_train_batch_end(trainer, 3, lambda: 0.0)  # t = 30: 10 s a batch, 10 batches, 100 epochs
+    assert caplog.records[-1].getMessage() == (
+        "this run is estimated at 2 h 46 min of training here: use experiment=ph2_recipe_cpu")
+    assert duration(10000) == "2 h 46 min" and duration(750) == "12 min 30 s" and duration(42.4) == "42 s"
+    estimate.on_train_batch_end(trainer, 3, lambda: 0.0)
+    assert len(caplog.records) == 1  # once
+
+
+def test_a_sweep_estimate_counts_jobs_at_a_time():
+    from segbench.sweep import estimate_line
+
+    # 1 of 20 jobs in 60 s, one at a time: 19 x 60 s left
+    assert estimate_line(20, 1, 60.0, 1).startswith("sweep: 1 of 20 jobs ended in 1 min 00 s; estimated 19 min 00 s "
+                                                    "for the other 19 (about ")
+    # 2 at a time: the first job to end stands for a wave of 2 (19 left at 2 per 60 s)
+    line = estimate_line(20, 1, 60.0, 2)
+    assert "estimated 9 min 30 s for the other 19" in line and line.endswith(", 2 at a time)")
+    assert "estimated 8 min 00 s for the other 16" in estimate_line(20, 4, 120.0, 2)

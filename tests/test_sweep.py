@@ -23,11 +23,18 @@ def read_summary(path):
 
 
 def test_tiny_sweep_writes_the_report_and_aggregates_seeds(tmp_path):
-    result = run_cli(["-m", *TINY_SWEEP, "model=unet,segnet", "seed=0,1"], cwd=tmp_path)
+    """Packed: 2 jobs at a time (joblib), each with its share of the cores; the sweep's time is estimated."""
+    from segbench.engine.device import usable_cores
+
+    result = run_cli(["-m", *TINY_SWEEP, "model=unet,segnet", "seed=0,1", "hydra/launcher=joblib",
+                      "hydra.launcher.n_jobs=2"], cwd=tmp_path, env={"OMP_NUM_THREADS": ""})
     assert result.returncode == 0, result.stderr[-3000:]
     root = sweep_dir(tmp_path)
     jobs = sorted(p.name for p in root.iterdir() if p.is_dir())
     assert jobs == ["model=segnet,seed=0", "model=segnet,seed=1", "model=unet,seed=0", "model=unet,seed=1"]
+    threads = {json.loads((root / job / "metrics.json").read_text())["threads"] for job in jobs}
+    assert threads == {max(1, usable_cores() // 2)}
+    assert "sweep: 1 of 4 jobs ended in" in result.stdout + result.stderr and "2 at a time)" in result.stdout + result.stderr
     rows = read_summary(root)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"done"}
     ious = [float(r["test/iou"]) for r in rows]

@@ -10,8 +10,10 @@ New behaviour (EMA, early stopping, loggers) is a new class here, not a change t
 from __future__ import annotations
 
 import copy
+import datetime
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -69,7 +71,7 @@ class BestTracker(Callback):
         self.improved = False
 
     def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
-        value = row[self.monitor]
+        value = row[self.monitor]  # NaN on an epoch that was not validated (trainer.val_every): never the best
         self.improved = value > self.value if self.mode == "max" else value < self.value
         if self.improved:
             self.epoch, self.value = int(row["epoch"]), value
@@ -153,6 +155,8 @@ class EarlyStopping(Callback):
         trainer.stop_requested = self.stopped_epoch is not None  # a resumed run that had already stopped
 
     def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+        if math.isnan(row[self.monitor]):
+            return  # not validated (trainer.val_every): patience counts validations
         if row[self.monitor] > self.best + self.min_delta:
             self.best, self.wait = row[self.monitor], 0
         else:
@@ -210,11 +214,79 @@ class EpochLogger(Callback):
     """One log line per epoch (train.log and the console)."""
 
     def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+        if math.isnan(row["val/iou"]):  # not validated (trainer.val_every)
+            log.info("epoch %d/%d  lr %.2e  train/loss %.4f  train/iou %.4f  (%.1fs)", row["epoch"],
+                     trainer.settings.epochs, row["lr"], row["train/loss"], row["train/iou"], row["time"])
+            return
         log.info(
             "epoch %d/%d  lr %.2e  train/loss %.4f  train/iou %.4f  val/loss %.4f  val/iou %.4f  val/dice %.4f  (%.1fs)",
             row["epoch"], trainer.settings.epochs, row["lr"], row["train/loss"], row["train/iou"], row["val/loss"],
             row["val/iou"], row["val/dice"], row["time"],
         )
+
+
+def duration(seconds: float) -> str:
+    """``3 h 05 min``, ``12 min 30 s``, ``42 s``: how a person reads a wait."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+class TimeEstimate(Callback):
+    """Logs the estimated time to the end of training: after the first epoch of a launch, then every
+    ``every`` epochs (about a tenth of the run by default). The estimate is the mean wall time of the
+    epochs this launch has trained (training, validation, checkpoint) times the epochs left.
+
+    ``slow_hint``, when given, is logged once if the whole run is estimated at more than ``slow_after``
+    seconds; it is judged early, from the first batches, so that a user does not wait an epoch to learn
+    it (a preset made for a GPU, run on a CPU, says which preset is made for a CPU).
+    """
+
+    def __init__(self, every: int | None = None, slow_hint: str | None = None, slow_after: float = 3600.0) -> None:
+        self.every, self.slow_hint, self.slow_after = every, slow_hint, slow_after
+        self.start = self.first_batch = 0.0
+        self.start_epoch = 1
+        self.epochs_done = self.batches = 0
+        self.hinted = False
+
+    def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None:
+        self.start, self.start_epoch, self.epochs_done = time.perf_counter(), start_epoch, 0
+        if self.every is None:
+            self.every = max(1, trainer.settings.epochs // 10)
+
+    def on_train_batch_end(self, trainer: "Trainer", batch: int, running_loss: Callable[[], float]) -> None:
+        if self.slow_hint is None or self.hinted or self.epochs_done:
+            return
+        if batch == 1:  # the first batch pays for warm-up (allocation, autotuning): measured from its end
+            self.first_batch = time.perf_counter()
+        elif batch == 3 and self.batches > 3:
+            per_batch = (time.perf_counter() - self.first_batch) / 2
+            left = trainer.settings.epochs - self.start_epoch + 1
+            self._hint(per_batch * self.batches * left)
+
+    def on_train_epoch_start(self, trainer: "Trainer", epoch: int, batches: int) -> None:
+        self.batches = batches
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+        self.epochs_done += 1
+        epoch, total = int(row["epoch"]), trainer.settings.epochs
+        left = total - epoch
+        if left <= 0 or (self.epochs_done > 1 and self.epochs_done % self.every):
+            return
+        per_epoch = (time.perf_counter() - self.start) / self.epochs_done
+        estimate = per_epoch * left
+        finish = datetime.datetime.now() + datetime.timedelta(seconds=estimate)
+        log.info("estimated %s to finish training (%d of %d epochs left at %.1f s each; about %s), then the test",
+                 duration(estimate), left, total, per_epoch, finish.strftime("%H:%M"))
+        self._hint(estimate)
+
+    def _hint(self, estimate: float) -> None:
+        if self.slow_hint and not self.hinted and estimate > self.slow_after:
+            self.hinted = True
+            log.warning("this run is estimated at %s of training here: %s", duration(estimate), self.slow_hint)
 
 
 class ProgressBar(Callback):
@@ -244,10 +316,11 @@ class ProgressBar(Callback):
             self.batches.close()
 
     def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
-        postfix = {"val/iou": f"{row['val/iou']:.3f}"}
-        if self.best is not None:
-            postfix["best"] = f"{self.best.value:.3f}@{self.best.epoch}"
-        self.epochs.set_postfix(postfix)
+        if not math.isnan(row["val/iou"]):  # a validated epoch (trainer.val_every)
+            postfix = {"val/iou": f"{row['val/iou']:.3f}"}
+            if self.best is not None:
+                postfix["best"] = f"{self.best.value:.3f}@{self.best.epoch}"
+            self.epochs.set_postfix(postfix)
         self.epochs.update()
 
     def _close(self) -> None:

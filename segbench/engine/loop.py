@@ -9,6 +9,7 @@ callbacks (:mod:`segbench.engine.callbacks`); the loop itself never writes a fil
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from torch import nn
 
 from ..data import SegArrays
 from ..errors import TrainingError
-from ..metrics import image_metrics
+from ..signals import deferred
+from ..metrics import class_keys, image_metrics
 from ..validation import check_choice
 from .callbacks import Callback
 from .device import AUTOCAST_DTYPES, autocast, compile_fallback_warning, maybe_compile
@@ -44,6 +46,18 @@ def out_of_memory(exc: BaseException, what: str, batch_size: int, key: str) -> O
         f"out of GPU memory during {what} at {key}={batch_size}: try {key}={smaller}, or a smaller "
         f"model.base_width or dataset.image_size ({str(exc).splitlines()[0]})"
     )
+
+
+def numpy_rng_state() -> dict:
+    """numpy's global RNG state in plain types (a list, not an array), which ``torch.load(weights_only=True)``
+    reads: a checkpoint holds nothing that unpickling could run."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def set_numpy_rng_state(state: dict) -> None:
+    np.random.set_state((state["name"], np.asarray(state["keys"], dtype=np.uint32), state["pos"], state["has_gauss"],
+                         state["cached"]))
 
 
 def seed_everything(seed: int) -> None:
@@ -70,6 +84,11 @@ class FitSettings:
     channels_last: bool = False
     compile: bool = False
     class_names: tuple[str, ...] | None = None  # multi-class: names for the per-class val columns
+    val_every: int = 1  # validate after every n-th epoch and after the last; the others' val columns are NaN
+
+    def validates(self, epoch: int) -> bool:
+        """Whether ``epoch`` is validated (the best epoch, early stopping and a monitored scheduler see only those)."""
+        return epoch % self.val_every == 0 or epoch == self.epochs
 
     def __post_init__(self) -> None:
         check_choice("precision", self.precision, AUTOCAST_DTYPES)  # resolved already: no 'auto' here
@@ -151,10 +170,12 @@ class Trainer:
                 "batch_order": self.generator.get_state(),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
+                "numpy": numpy_rng_state(),
                 "python": random.getstate(),
             },
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if cb.state_dict() is not None},
+            # how the maths ran: a resume keeps it (trainer.precision=auto may resolve otherwise on another machine)
+            "settings": {"precision": self.settings.precision, "channels_last": self.settings.channels_last},
         }
 
     def load_state(self, state: dict) -> int:
@@ -175,7 +196,7 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
+        set_numpy_rng_state(rng["numpy"])
         random.setstate(rng["python"])
         saved = state.get("callbacks", {})
         for cb in self.callbacks:
@@ -251,7 +272,10 @@ class Trainer:
             raise out_of_memory(exc, f"training epoch {epoch}", self.settings.batch_size, "trainer.batch_size") from None
         self.train_time += time.perf_counter() - start
         self.train_images += images.shape[0]
-        val_stats = self.evaluate(val)  # with the averaged weights, when EMA keeps them
+        if self.settings.validates(epoch):
+            val_stats = self.evaluate(val)  # with the averaged weights, when EMA keeps them
+        else:  # not validated (trainer.val_every): the row's val columns are NaN
+            val_stats = {k.split("/", 1)[1]: math.nan for k in self._val_columns()}
         row = {
             "epoch": epoch,
             "lr": lr,
@@ -264,10 +288,17 @@ class Trainer:
             # multi-class: each foreground class's val IoU and Dice (after the columns every run has)
             **{f"val/{k}": v for k, v in val_stats.items() if k.startswith(("iou_", "dice_")) and k != "iou_score"},
         }
-        if self.schedule is not None:
-            self.schedule.epoch_end(row)
-        self.history.append(row)
-        self._call("on_epoch_end", row)
+        with deferred():  # a signal stops the run after the epoch's row, best epoch and checkpoint snapshot
+            if self.schedule is not None:
+                self.schedule.epoch_end(row)
+            self.history.append(row)
+            self._call("on_epoch_end", row)
+
+    def _val_columns(self) -> list[str]:
+        """The val columns of a history row: ``val/loss``, ``val/iou``, ``val/dice``, and per class."""
+        names = self.settings.class_names
+        per_class = [f"val/{m}_{c}" for c in class_keys(names, len(names)) for m in ("iou", "dice")] if names else []
+        return ["val/loss", "val/iou", "val/dice", *per_class]
 
     def train_epoch(self, images: torch.Tensor, masks: torch.Tensor, epoch: int) -> dict[str, float]:
         """One pass over the split in a seeded random order; returns its mean loss and IoU.

@@ -42,7 +42,7 @@ class Schedule:
             return
         if self.monitor is None:
             self.scheduler.step()
-        else:
+        elif not math.isnan(row[self.monitor]):  # a monitored scheduler steps on validated epochs only
             self.scheduler.step(row[self.monitor])
 
     def state_dict(self) -> dict:

@@ -101,7 +101,8 @@ class MLflowLogger(Logger):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
     def log_epoch(self, trainer: "Trainer", row: dict[str, float]) -> None:
-        self._log_metrics({k: v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
+        # NaN: an epoch that was not validated (trainer.val_every)
+        self._log_metrics({k: v for k, v in row.items() if k != "epoch" and v == v}, int(row["epoch"]))
 
     def finish(self, trainer: "Trainer", metrics: dict) -> None:
         self._log_metrics(final_metrics(metrics), int(metrics.get("best_epoch") or 0))

@@ -41,7 +41,7 @@ class TensorBoardLogger(Logger):
     def log_epoch(self, trainer: "Trainer", row: dict[str, float]) -> None:
         epoch = int(row["epoch"])
         for key, value in row.items():
-            if key not in ("epoch", "time"):
+            if key not in ("epoch", "time") and value == value:  # NaN: an epoch not validated (trainer.val_every)
                 self.writer.add_scalar(key, value, epoch)
         self.writer.add_scalar("time/epoch_s", row["time"], epoch)
         last = epoch == trainer.settings.epochs
