@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from segbench.config import register_resolvers
+from segbench.runs.naming import register_resolvers
 from segbench.errors import SegbenchError
 
 log = logging.getLogger("segbench")

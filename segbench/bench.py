@@ -42,7 +42,7 @@ from .engine import (
 )
 from .engine.device import cpu_has_avx512, cpu_name, cpu_native_bf16
 from .errors import UserError
-from .io import CheckpointWriter, save_checkpoint
+from .runs.checkpoint import CheckpointWriter, save_checkpoint
 from .losses import BCELoss
 from .metrics import image_metrics
 from .models import UNet

@@ -22,7 +22,7 @@ from .engine.callbacks import (
 )
 from .engine.schedule import Schedule
 from .errors import UserError
-from .rundir import HISTORY_COLUMNS, RunDir
+from .runs import HISTORY_COLUMNS, RunDir
 from .validation import InvalidValue, check_choice
 
 # Keys of a scheduler config that segbench reads itself (engine.schedule); the rest go to the scheduler.

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .report import build_report, parse_baseline
-from .rundir import find_runs
+from .runs import find_runs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,21 +63,6 @@ def parallel_jobs(launcher: Any, cores: int) -> int:
     return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
 
 
-def _job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
-    from .sweep import job_subdir  # the sweep's job naming; imported only when a sweep job resolves its dir
-
-    return job_subdir(sweep_dir, default, overrides)
-
-
-def register_resolvers() -> None:
-    """The resolvers conf/config.yaml uses; done on import, so also in a launcher's worker processes."""
-    if not OmegaConf.has_resolver("segbench_job_subdir"):
-        OmegaConf.register_new_resolver("segbench_job_subdir", _job_subdir)
-
-
-register_resolvers()
-
-
 def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
     """conf/config.yaml composed with ``overrides`` as the CLI would, without creating a run dir."""
     with initialize_config_dir(config_dir=str(config_dir or CONF_DIR), version_base="1.3"):
@@ -127,7 +112,7 @@ def validate(cfg: DictConfig) -> None:
     if threshold != "auto" and (not is_number(threshold) or not 0 < threshold < 1):
         raise InvalidValue("eval.threshold", threshold, "a number > 0 and < 1, or 'auto'")
     check_choice("eval.resolution", cfg.eval.resolution, ("input", "original"))
-    from .evaluate import POSTPROCESS, TTA_MODES  # the evaluation layer owns its options
+    from .scoring import POSTPROCESS, TTA_MODES  # the evaluation layer owns its options
 
     check_choice("eval.tta", cfg.eval.tta, TTA_MODES)
     check_choice("eval.postprocess", cfg.eval.postprocess, POSTPROCESS)

@@ -26,7 +26,7 @@ import torch
 from .errors import SegbenchError, describe
 from .extras import require
 from .inference import CHECKPOINTS, TrainedModel, load_trained
-from .io import atomic_file, write_json
+from .runs.atomic import atomic_file, write_json
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 

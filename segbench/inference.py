@@ -21,8 +21,8 @@ from .data import SegArrays
 from hydra.errors import InstantiationException
 
 from .errors import CheckpointError, UserError
-from .evaluate import predict_classes, predict_masks, predict_tta
-from .rundir import RunDir
+from .scoring import predict_classes, predict_masks, predict_tta
+from .runs import RunDir
 
 CHECKPOINTS = ("best", "last")
 
@@ -59,7 +59,7 @@ class TrainedModel:
 
     def predict(self, data: SegArrays) -> torch.Tensor:
         """Logits (N, C, H, W) float32 on the CPU of uint8 images ``data.images`` (N, 3, S, S); the
-        interface :func:`segbench.evaluate.predict_tta` calls."""
+        interface :func:`segbench.scoring.predict_tta` calls."""
         out = []
         with torch.inference_mode():
             for b in range(0, len(data), self.batch_size):

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from .data import SegArrays  # noqa: E402
 from .metrics import image_metrics  # noqa: E402
-from .rundir import RunDir  # noqa: E402
+from .runs import RunDir  # noqa: E402
 
 
 def class_colours(num_classes: int) -> list[tuple[float, float, float]]:

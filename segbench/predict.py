@@ -25,7 +25,7 @@ from .data.arrays import IMAGE_SUFFIXES, image_files, read_rgb, resize_image
 from .engine import resolve_device
 from .errors import SegbenchError
 from .inference import CHECKPOINTS, TrainedModel, load_trained
-from .io import write_csv
+from .runs.atomic import write_csv
 from .plotting import class_colours
 
 CSV_NAME = "predictions.csv"

@@ -17,9 +17,9 @@ import time
 from .build import build
 from .engine import resolve_device
 from .errors import SegbenchError
-from .evaluate import score_test
+from .scoring import score_test
 from .inference import load_trained
-from .rundir import RunDir, find_runs
+from .runs import RunDir, find_runs
 
 REPLACED = ("test/", "val_final/", "by_")
 

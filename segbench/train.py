@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import shlex
 import time
-from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -27,10 +24,11 @@ from .engine import (EarlyStopping, FitSettings, Trainer, resolve_channels_last,
                      resolve_switch, resolve_threads, seed_everything)
 from .engine.device import cpu_name, usable_cores
 from .errors import CheckpointError, UserError
-from .evaluate import score_test
+from .scoring import score_test
 from .plotting import plot_augmentations, plot_curves, plot_predictions
 from .provenance import provenance
-from .rundir import RunDir, sweep_records
+from .runs import RunDir
+from .runs.launch import resume_command
 from .signals import Stopped, forward, stop_on_signals
 from .splits import Split
 from .validation import InvalidValue, check_choice
@@ -76,9 +74,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 record["signal"] = exc.name
             run_dir.write_metrics(record)
             if interrupted or (run_dir.last_pt.is_file() and not isinstance(exc, CheckpointError)):  # not from it
-                log.error("%s%s; the last finished epoch is in %s. Resume with:\n  %s", status,
-                          f" by {exc.name}" if isinstance(exc, Stopped) else "", run_dir.checkpoints,
-                          resume_command(run_dir))
+                where = (f"the last finished epoch is in {run_dir.checkpoints}" if run_dir.last_pt.is_file()
+                         else "no epoch had finished")
+                log.error("%s%s; %s. Resume with:\n  %s", status, f" by {exc.name}" if isinstance(exc, Stopped) else "",
+                          where, resume_command(run_dir))
             if isinstance(exc, Stopped):
                 forward(exc)  # a launcher's own handler (submitit requeues the job), now that the state is saved
             raise
@@ -263,55 +262,3 @@ def _how_to_compute(cfg: DictConfig, device: torch.device, saved: dict | None) -
     if before.get("channels_last") is not None and cfg.trainer.channels_last == "auto":
         channels_last = bool(before["channels_last"])
     return precision, channels_last
-
-
-def resume_command(run_dir: RunDir) -> str:
-    """The command that continues this run in place; in a sweep, the whole sweep's first, then this job's.
-
-    A sweep job's own overrides are single values, so re-running them with ``-m`` would put the job
-    in a differently named dir (the names keep only what varies); the sweep's overrides are read
-    back from its ``multirun.yaml`` (and those of earlier launches into the same dir, kept as
-    ``multirun.<n>.yaml``: one command each), and the job alone continues with ``hydra.run.dir``.
-    """
-    if not HydraConfig.initialized():
-        return f"segbench.train.run(cfg) with output_dir={run_dir.path} trainer.resume=auto"
-    hc = HydraConfig.get()
-    alone = _command([*hc.overrides.task, *_launch_options(hc.overrides.hydra)], "hydra.run.dir", run_dir.path)
-    if hc.mode != RunMode.MULTIRUN:
-        return alone
-    commands: list[str] = []
-    for record in sweep_records(hc.sweep.dir):  # every launch into the sweep dir (a narrower re-run too)
-        try:
-            launch = OmegaConf.load(record).hydra.overrides
-            args = [*map(str, launch.task), *_launch_options(launch.hydra)]
-        except Exception:  # noqa: BLE001 - only the hint degrades: the job's error is what matters
-            continue
-        command = _command(["-m", *args], "hydra.sweep.dir", hc.sweep.dir)
-        if command not in commands:  # a re-run of the same sweep
-            commands.append(command)
-    commands = commands or [_command(["-m", "<the sweep's overrides>"], "hydra.sweep.dir", hc.sweep.dir)]
-    what = "the whole sweep" if len(commands) == 1 else f"each of the {len(commands)} sweeps launched into this dir"
-    return "\n  ".join(commands) + f"\n  ({what}: finished jobs are skipped), or this job alone:\n  {alone}"
-
-
-# Hydra overrides of a launch that the hint sets itself, or that Hydra and segbench add to every run
-_NOT_RELAUNCHED = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=", "hydra.job.config.override_dirname.exclude_keys=")
-
-
-def _launch_options(overrides: Any) -> list[str]:
-    """The Hydra overrides a run was launched with (``hydra/launcher=submitit_slurm``, its settings) that
-    resuming needs again: without them a resumed SLURM sweep would run on the machine that resumes it."""
-    return [str(o) for o in overrides if not str(o).startswith(_NOT_RELAUNCHED)]
-
-
-_PLAIN_VALUE = re.compile(r"[\w./:@%+~-]*")  # a Hydra override value that needs no quotes
-
-
-def _command(overrides: list[str], dir_key: str, path: str | Path) -> str:
-    """``python -m segbench`` with ``overrides`` (shell-quoted) and ``dir_key`` set to ``path``."""
-    path = str(path)
-    if not _PLAIN_VALUE.fullmatch(path):  # ``=`` and ``,`` in sweep job dirs are Hydra syntax
-        path = '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    kept = [o for o in overrides if not o.startswith(("trainer.resume=", f"{dir_key}="))]
-    args = [*kept, f"{dir_key}={path}", "trainer.resume=auto"]
-    return "python -m segbench " + " ".join(shlex.quote(a) for a in args)

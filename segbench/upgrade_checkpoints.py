@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from .errors import SegbenchError
-from .io import atomic_file, load_checkpoint
-from .rundir import find_runs
+from .runs.atomic import atomic_file
+from .runs.checkpoint import load_checkpoint
+from .runs import find_runs
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ import yaml
 from segbench import signals
 from segbench.errors import CheckpointError, TrainingError, UserError
 from segbench.inference import load_trained
-from segbench.io import CheckpointWriter, load_checkpoint, write_json
+from segbench.runs.atomic import write_json
+from segbench.runs.checkpoint import CheckpointWriter, load_checkpoint
 from segbench.report import build_report
-from segbench.rundir import RunDir
+from segbench.runs import RunDir
 from segbench.train import run
 from segbench.upgrade_checkpoints import main as upgrade_main
 from tests.conftest import TINY, compose_cfg, interrupt_in_epoch, run_cli
@@ -249,7 +250,7 @@ def test_provenance_is_recorded_and_the_report_warns_on_mixed_setups(tmp_path):
 
 
 def test_a_full_disk_names_itself_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from segbench import io
+    from segbench.runs import atomic, checkpoint
 
     writer = CheckpointWriter()
     path = tmp_path / "checkpoints" / "last.pt"
@@ -260,8 +261,8 @@ def test_a_full_disk_names_itself_and_keeps_the_previous_checkpoint(tmp_path, mo
         f.write(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 628416 vs 628312")
 
-    monkeypatch.setattr(io.torch, "save", full_disk)
-    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
     writer.save(path, {"w": torch.zeros(2), "epoch": 2})
     with pytest.raises(TrainingError, match=rf"could not write checkpoint {path}: no space left on device \(ENOSPC\)"):
         writer.wait()
@@ -274,8 +275,8 @@ def test_a_full_disk_names_itself_and_keeps_the_previous_checkpoint(tmp_path, mo
         raise OSError(errno.ENOSPC, "No space left on device")
 
     write_json(tmp_path / "metrics.json", {"status": "done"})
-    monkeypatch.setattr(io.json, "dumps", lambda *a, **k: "{}")
-    monkeypatch.setattr(io.os, "replace", no_space)
+    monkeypatch.setattr(atomic.json, "dumps", lambda *a, **k: "{}")
+    monkeypatch.setattr(atomic.os, "replace", no_space)
     with pytest.raises(TrainingError, match=r"could not write .*metrics.json: no space left on device"):
         write_json(tmp_path / "metrics.json", {"status": "failed"})
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"status": "done"}

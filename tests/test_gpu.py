@@ -51,7 +51,7 @@ def test_a_gpu_trainer_resumes_from_its_checkpoint(tmp_path):
     from segbench.data import SyntheticDermoscopy
     from segbench.engine import BestTracker, Checkpointer, FitSettings, Trainer
     from segbench.models import UNet
-    from segbench.rundir import RunDir
+    from segbench.runs import RunDir
 
     data = SyntheticDermoscopy(num_cases=12, image_size=32).arrays
     train, val = data.subset(data.ids[:6]), data.subset(data.ids[6:9])

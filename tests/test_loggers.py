@@ -87,7 +87,7 @@ def test_a_missing_package_names_the_extra(tmp_path, monkeypatch):
 def test_an_optuna_database_is_refused_where_optuna_and_sqlalchemy_cannot_work(monkeypatch, optuna, sqlalchemy, usable):
     from omegaconf import OmegaConf
 
-    from segbench import sweep
+    from segbench.report import callback as sweep
 
     versions = {"optuna": optuna, "sqlalchemy": sqlalchemy}
     monkeypatch.setattr(sweep.metadata, "version", lambda name: versions[name])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segbench import metrics as M
-from segbench.evaluate import by_group, choose_threshold, per_image, summarize
+from segbench.scoring import by_group, choose_threshold, per_image, summarize
 
 BIG = 100.0
 

@@ -8,10 +8,10 @@ import torch
 
 from segbench.data import SyntheticDermoscopy
 from segbench.errors import UserError
-from segbench.evaluate import largest_per_class, per_image, predict_classes
+from segbench.scoring import largest_per_class, per_image, predict_classes
 from segbench.metrics import image_metrics
 from segbench.report import build_report
-from segbench.rundir import RunDir
+from segbench.runs import RunDir
 from segbench.train import run
 
 from .conftest import TINY, compose_cfg

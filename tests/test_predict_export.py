@@ -12,7 +12,7 @@ from segbench import export, predict
 from segbench.data import SegArrays
 from segbench.data.arrays import read_rgb, resize_image
 from segbench.data.synthetic import make_case
-from segbench.evaluate import predict_masks, predict_tta
+from segbench.scoring import predict_masks, predict_tta
 from segbench.inference import load_trained
 from segbench.train import run
 

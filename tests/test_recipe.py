@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from segbench.augment import Augment
 from segbench.data import SegArrays
 from segbench.engine import EMA, Callback, EarlyStopping, FitSettings, GradClip, Normalizer, Trainer
-from segbench.evaluate import choose_threshold, largest_component, predict_masks, predict_tta
+from segbench.scoring import choose_threshold, largest_component, predict_masks, predict_tta
 from segbench.train import run
 from tests.conftest import CONF, TINY, compose_cfg
 

@@ -17,7 +17,7 @@ from skimage import io as skio
 
 from segbench import check_data
 from segbench.errors import TrainingError, UserError
-from segbench.rundir import RunDir, sweep_records
+from segbench.runs import RunDir, sweep_records
 from segbench.inference import load_trained
 from segbench.train import resume_command, run
 from tests.conftest import TINY, compose_cfg, interrupt_in_epoch, run_cli, write_case
@@ -176,7 +176,7 @@ def test_sweep_rerun_completes_only_what_is_missing(tmp_path):
 
 
 def test_sweep_job_subdir_reuses_the_one_run_of_the_same_overrides(tmp_path):
-    from segbench.sweep import job_subdir as sweep_job_subdir
+    from segbench.runs.naming import job_subdir as sweep_job_subdir
 
     def job(name, overrides):
         (tmp_path / name / ".hydra").mkdir(parents=True)
@@ -236,7 +236,7 @@ def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch):
 
 def test_files_are_replaced_atomically(tmp_path, monkeypatch):
     """A crash while writing leaves the previous complete file and no temp file."""
-    from segbench import io
+    from segbench.runs import atomic as io
 
     path = tmp_path / "metrics.json"
     io.write_json(path, {"status": "done"})
@@ -253,7 +253,7 @@ def test_files_are_replaced_atomically(tmp_path, monkeypatch):
 
 
 def test_background_checkpoint_is_a_snapshot_and_best_is_the_same_file(tmp_path):
-    from segbench.io import CheckpointWriter
+    from segbench.runs.checkpoint import CheckpointWriter
 
     weight = torch.ones(3)
     writer = CheckpointWriter()
@@ -271,7 +271,7 @@ def test_background_checkpoint_is_a_snapshot_and_best_is_the_same_file(tmp_path)
 
 
 def test_a_failed_checkpoint_write_names_the_file(tmp_path):
-    from segbench.io import CheckpointWriter
+    from segbench.runs.checkpoint import CheckpointWriter
 
     (tmp_path / "checkpoints").write_text("a file where the folder should be")
     writer = CheckpointWriter()

@@ -10,7 +10,7 @@ from segbench.data import SyntheticDermoscopy
 from segbench.engine import (FitSettings, Normalizer, Trainer, resolve_channels_last, resolve_device, resolve_precision,
                              resolve_threads)
 from segbench.errors import UserError
-from segbench.io import load_checkpoint
+from segbench.runs.checkpoint import load_checkpoint
 from segbench.losses import BCELoss
 from segbench.models import UNet
 from segbench.train import run
@@ -199,7 +199,7 @@ def _tiny_data():
 def _trainer(out, **kwargs):
     """A trainer that keeps its checkpoints in ``out`` (as a run does)."""
     from segbench.engine import BestTracker, Checkpointer
-    from segbench.rundir import RunDir
+    from segbench.runs import RunDir
 
     torch.manual_seed(0)
     model = UNet(base_width=4)
@@ -277,25 +277,24 @@ def test_a_long_run_on_the_cpu_names_the_cpu_preset_early(monkeypatch, caplog):
     from segbench.engine import TimeEstimate
     from segbench.engine.callbacks import duration
 
-    clock = iter([0.0, 10.0, 30.0, 50.0])
+    clock = iter([0.0, 10.0, 20.0, 30.0])
     monkeypatch.setattr("segbench.engine.callbacks.time.perf_counter", lambda: next(clock))
     trainer = type("T", (), {"settings": FitSettings(epochs=100, batch_size=10)})()
     estimate = TimeEstimate(slow_hint="use experiment=ph2_recipe_cpu")
     estimate.on_fit_start(trainer, 1)  # t = 0
     estimate.on_train_epoch_start(trainer, 1, 10)
     estimate.on_train_batch_end(trainer, 1, lambda: 0.0)  # t = 10: after the warm-up batch
-    estimate.on_train_batch_end(trainer, 2, lambda: 0.0)
     assert not caplog.records
-    estimate.on_train_batch_end(trainer, 3, lambda: 0.0)  # t = 30: 10 s a batch, 10 batches, 100 epochs
+    estimate.on_train_batch_end(trainer, 2, lambda: 0.0)  # t = 20: 10 s a batch, 10 batches, 100 epochs
     assert caplog.records[-1].getMessage() == (
         "this run is estimated at 2 h 46 min of training here: use experiment=ph2_recipe_cpu")
     assert duration(10000) == "2 h 46 min" and duration(750) == "12 min 30 s" and duration(42.4) == "42 s"
-    estimate.on_train_batch_end(trainer, 3, lambda: 0.0)
+    estimate.on_train_batch_end(trainer, 2, lambda: 0.0)
     assert len(caplog.records) == 1  # once
 
 
 def test_a_sweep_estimate_counts_jobs_at_a_time():
-    from segbench.sweep import estimate_line
+    from segbench.report.callback import estimate_line
 
     # 1 of 20 jobs in 60 s, one at a time: 19 x 60 s left
     assert estimate_line(20, 1, 60.0, 1).startswith("sweep: 1 of 20 jobs ended in 1 min 00 s; estimated 19 min 00 s "

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from segbench.report_stats import Pooled, statistics
+from segbench.report.pooling import Pooled, statistics
 from segbench.splits import Holdout, KFold
-from segbench.stats import bootstrap_ci, holm, paired, wilcoxon_p
+from segbench.report.stats import bootstrap_ci, holm, paired, wilcoxon_p
 
 RNG = np.random.default_rng(7)
 BASE = {f"C{i:02d}": float(v) for i, v in enumerate(RNG.uniform(0.6, 0.95, 30))}
@@ -69,11 +69,11 @@ def test_statistics_compare_with_the_best_and_correct_for_multiplicity():
     same = dict(BASE)
     result = statistics([pooled("a", worse), pooled("b", BASE), pooled("c", same)], "iou")
     assert result["reference"] == "b / bce" or result["reference"] == "c / bce"
-    rows = {r["label"]: r for r in result["rows"]}
+    rows = {r.label: r for r in result["rows"]}
     a = rows["a / bce"]
-    assert a["difference"] == pytest.approx(-0.03) and a["distinguishable"] == "yes"
-    raw = [r["p"] for r in result["rows"] if not math.isnan(r["p"])]
-    assert sorted(r["p_holm"] for r in result["rows"] if not math.isnan(r["p_holm"])) == pytest.approx(sorted(holm(raw)))
+    assert a.difference == pytest.approx(-0.03) and a.distinguishable == "yes"
+    raw = [r.p for r in result["rows"] if not math.isnan(r.p)]
+    assert sorted(r.p_holm for r in result["rows"] if not math.isnan(r.p_holm)) == pytest.approx(sorted(holm(raw)))
     hd = statistics([pooled("a", worse), pooled("b", BASE)], "hd95")  # lower is better: a is the reference
     assert hd["reference"] == "a / bce"
 
@@ -83,10 +83,10 @@ def test_runs_of_other_split_definitions_and_incomplete_ones_are_not_paired():
     broken = pooled("f", BASE, complete=False)
     broken.note = "incomplete: 1 of 5 runs did not finish; left out of the comparison"
     result = statistics([pooled("k", BASE), holdout, broken], "iou", baseline=("k", "bce", ""))
-    rows = {r["label"]: r for r in result["rows"]}
+    rows = {r.label: r for r in result["rows"]}
     assert result["reference"] == "k / bce"
-    assert rows["h / bce"]["distinguishable"] == "not paired" and math.isnan(rows["h / bce"]["p"])
-    assert rows["f / bce"]["distinguishable"] == "not compared"
+    assert rows["h / bce"].distinguishable == "not paired" and math.isnan(rows["h / bce"].p)
+    assert rows["f / bce"].distinguishable == "not compared"
     assert any("not paired" in n and "holdout split abc" in n for n in result["notes"])
     assert any("incomplete" in n for n in result["notes"])
 
@@ -129,7 +129,7 @@ def test_kfold_settings_are_checked():
 
 
 def test_plot_labels_of_long_overrides_are_shortened_and_wrapped():
-    from segbench.report_stats import tick_label
+    from segbench.report.plots import tick_label
 
     label = tick_label("unet / bce / augment.strength=0.058234394064608175,optimizer.lr=0.0029417550843132763,"
                        "optimizer.weight_decay=1.7786975778767807e-05,seed=3")

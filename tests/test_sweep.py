@@ -108,7 +108,7 @@ def test_job_names_leave_out_run_settings_unless_swept(tmp_path):
     from omegaconf import OmegaConf
 
     from segbench.config import RUN_SETTINGS
-    from segbench.sweep import ReportCallback
+    from segbench.report.callback import ReportCallback
 
     config = OmegaConf.create({"hydra": {
         "overrides": {"task": ["model=unet,segnet", "trainer.eval_batch_size=2,4", "trainer.device=cpu",

@@ -20,7 +20,7 @@ from skimage import io as skio
 from skimage.transform import resize
 
 from ..errors import DataError
-from ..io import save_npz
+from ..runs.atomic import save_npz
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..rundir import RunDir
+from ..runs import RunDir
 from ..validation import check_int, check_number
 
 if TYPE_CHECKING:
@@ -262,8 +262,8 @@ class TimeEstimate(Callback):
             return
         if batch == 1:  # the first batch pays for warm-up (allocation, autotuning): measured from its end
             self.first_batch = time.perf_counter()
-        elif batch == 3 and self.batches > 3:
-            per_batch = (time.perf_counter() - self.first_batch) / 2
+        elif batch == 2 and self.batches > 2:  # one batch tells the order of magnitude, which is what matters
+            per_batch = time.perf_counter() - self.first_batch
             left = trainer.settings.epochs - self.start_epoch + 1
             self._hint(per_batch * self.batches * left)
 

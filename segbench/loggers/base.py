@@ -5,7 +5,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..engine import Callback
-from ..rundir import RunDir
+from ..runs import RunDir
 
 if TYPE_CHECKING:
     from ..engine import Trainer

@@ -1,5 +1,5 @@
-"""Hydra callback of a multirun: names job dirs by what varies, and writes the comparison report at the end;
-the resolver behind ``hydra.sweep.subdir`` that lets a resuming job continue its existing dir."""
+"""Hydra callback of a multirun: checks the sweeper's settings, names job dirs by what varies, estimates the
+sweep's time after each job, and writes the comparison report at the end."""
 from __future__ import annotations
 
 import datetime
@@ -9,49 +9,21 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import RUN_SETTINGS, defining_overrides, parallel_jobs
-from .engine.callbacks import duration
-from .engine.device import usable_cores
-from .errors import DataError, UserError
-from .io import write_json
-from .report import build_report
-from .rundir import find_runs, keep_sweep_record
+from ..config import RUN_SETTINGS, parallel_jobs
+from ..engine.callbacks import duration
+from ..engine.device import usable_cores
+from ..errors import UserError
+from ..runs import find_runs, keep_sweep_record
+from ..runs.atomic import write_json
+from .render import build_report
 
 log = logging.getLogger(__name__)
-
-
-def job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
-    """The directory of a sweep job below ``hydra.sweep.dir`` (the resolver ``segbench_job_subdir``).
-
-    ``default`` is the job's ``hydra.job.override_dirname``: what the sweep varies
-    (``loss=dice,model=unet``). A narrower re-run of a sweep varies less, so its
-    jobs' default names differ from the first sweep's. A job that resumes
-    (``trainer.resume=auto``, the default: not ``overwrite``) and whose default directory does
-    not exist therefore continues the one run of the sweep dir that was launched
-    with the same overrides (its ``.hydra/overrides.yaml``; run settings aside),
-    instead of training again in a new directory. No such run, or more than one:
-    the default.
-    """
-    overrides = [str(o) for o in overrides]
-    root = Path(str(sweep_dir))
-    if "trainer.resume=overwrite" in overrides or (root / default).exists() or not root.is_dir():
-        return default
-    wanted = set(defining_overrides(overrides))
-    matches = []
-    for run in find_runs([root]):
-        try:
-            theirs = run.read_overrides()
-        except (OSError, DataError, TypeError):
-            continue  # a damaged record names no run
-        if set(defining_overrides(theirs)) == wanted:
-            matches.append(run.path.relative_to(root).as_posix())
-    return matches[0] if len(matches) == 1 else default
 
 
 def check_sweeper_storage(sweeper: Any) -> None:
@@ -113,7 +85,7 @@ class ReportCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check what the sweeper needs before any job runs; keep an earlier launch's record (see
-        :func:`segbench.rundir.keep_sweep_record`); leave the run settings (segbench.config.RUN_SETTINGS)
+        :func:`segbench.runs.keep_sweep_record`); leave the run settings (segbench.config.RUN_SETTINGS)
         and, in a sweep, the overrides every job shares out of the job dir names (``loss=dice,model=unet``).
 
         Hydra composes each job from ``hydra.overrides.hydra`` plus the job's own

@@ -35,8 +35,9 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from .errors import DataError, describe
-from .io import CheckpointWriter, copy_file, load_checkpoint, write_csv, write_json
+from ..errors import DataError, describe
+from .atomic import copy_file, write_csv, write_json
+from .checkpoint import CheckpointWriter, load_checkpoint
 
 HISTORY_COLUMNS = ["epoch", "lr", "train/loss", "train/iou", "val/loss", "val/iou", "val/dice", "time"]
 COUNT_COLUMNS = ("tp", "fp", "fn", "tn")
