@@ -18,7 +18,8 @@ register_resolvers()  # before Hydra resolves hydra.sweep.subdir
 
 @hydra.main(version_base="1.3", config_path="pkg://segbench.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Returns the best validation IoU (what a Hydra sweeper would optimise).
+    """Returns the monitored val value of the best epoch (``trainer.monitor``, val IoU by default):
+    what a Hydra sweeper optimises.
 
     In a multirun, a failed job is logged and recorded (``metrics.json`` status
     ``failed``) and the sweep goes on; the report callback lists it at the end.
@@ -44,20 +45,45 @@ def main(cfg: DictConfig) -> float | None:
             print(f"segbench: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         raise
-    return float(metrics["val/iou"])
+    monitored = metrics.get("monitor") or {"value": metrics["val/iou"]}  # a run finished before 0.2 has no record
+    return float(monitored["value"])
 
 
 # options that need an optional extra: (option, module, package, extra)
 OPTIONAL = [("hparams_search=optuna", "hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "search")]
 
 
+# keys that moved to the callbacks group in 0.2: (old key, what to write instead)
+MOVED = {
+    "trainer.ema": "callbacks=ema callbacks.ema.decay={value}",
+    "trainer.grad_clip": "callbacks=grad_clip callbacks.grad_clip.max_norm={value}",
+    "trainer.early_stop.patience": "callbacks=early_stop callbacks.early_stop.patience={value}",
+    "trainer.early_stop.min_delta": "callbacks=early_stop callbacks.early_stop.min_delta={value}",
+    "trainer.early_stop": "callbacks=early_stop callbacks.early_stop.patience=... callbacks.early_stop.min_delta=...",
+}
+
+
+def moved_keys(args: list[str]) -> None:
+    """A command line with a key that moved to the ``callbacks`` group (``trainer.ema=0.99``) fails with
+    the override to write instead (Hydra would only say that the key is not in the config)."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key in MOVED:
+            new = MOVED[key].format(value=value or "...")
+            if value.lower() == "null":
+                new = "leave out callbacks=... (the callbacks are off by default)"
+            raise SegbenchError(f"'{arg}': {key} moved to the callbacks config group in segbench 0.2; write {new} "
+                                "(several at once: callbacks=[ema,early_stop,grad_clip])")
+
+
 def cli(argv: list[str] | None = None) -> None:
-    """The ``segbench`` command: checks that an option needing an optional extra has its package (Hydra
-    would only say that it cannot find a config), then runs :func:`main`."""
+    """The ``segbench`` command: checks for keys that moved and that an option needing an optional extra
+    has its package (Hydra would only say that it cannot find a config), then runs :func:`main`."""
     from segbench.extras import require
 
     args = sys.argv[1:] if argv is None else argv
     try:
+        moved_keys(args)
         for option, module, package, extra in OPTIONAL:
             if option in args:
                 require(module, package, extra, option)

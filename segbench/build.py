@@ -8,18 +8,18 @@ the config group, e.g. ``model.base_width=0 is invalid; expected an integer >= 1
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .augment import Augment
 from .engine.callbacks import (
-    EMA, BestTracker, Callback, Checkpointer, EarlyStopping, EpochLogger, GradClip, HistoryWriter, ProgressBar,
-    TimeEstimate,
+    BestTracker, Callback, Checkpointer, EpochLogger, HistoryWriter, Monitor, ProgressBar, TimeEstimate,
 )
+from .engine.loop import val_columns
 from .engine.schedule import Schedule
 from .errors import UserError
 from .runs import HISTORY_COLUMNS, RunDir
@@ -70,11 +70,13 @@ def build_optimizer(node: DictConfig, params: Iterable[torch.nn.Parameter], devi
 
 
 def build_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int,
-                   batches_per_epoch: int) -> Schedule | None:
+                   batches_per_epoch: int, monitor: Monitor | None = None) -> Schedule | None:
     """The scheduler of ``node`` and when it steps; None for no scheduler (``scheduler=none``).
 
     A scheduler whose signature takes ``total_steps`` and whose YAML leaves it unset gets the
     number of times it will step: ``epochs`` (``interval: epoch``) or ``epochs * batches_per_epoch``.
+    A monitoring one (``monitor:`` in its YAML) whose signature takes ``mode`` and whose YAML leaves it
+    unset gets the run's monitor direction (``trainer.monitor_mode``; ``max`` for ``val/iou``).
     """
     if not node or not node.get("_target_"):
         return None
@@ -82,12 +84,16 @@ def build_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, ep
     settings = {k: plain.pop(k) for k in SCHEDULE_KEYS if k in plain}
     interval = settings.get("interval") or "epoch"
     if settings.get("monitor") is not None:
-        check_choice("scheduler.monitor", settings["monitor"], [c for c in HISTORY_COLUMNS if "/" in c])
+        allowed = [c for c in HISTORY_COLUMNS if "/" in c] + ([monitor.key] if monitor is not None else [])
+        check_choice("scheduler.monitor", settings["monitor"], list(dict.fromkeys(allowed)))
     make = build(OmegaConf.create(plain), "scheduler")
     func = getattr(make, "func", make)
     kwargs: dict[str, Any] = {}
     if "total_steps" in inspect.signature(func).parameters and plain.get("total_steps") is None:
         kwargs["total_steps"] = epochs * (batches_per_epoch if interval == "step" else 1)
+    if settings.get("monitor") is not None and "mode" in inspect.signature(func).parameters and "mode" not in plain:
+        kwargs["mode"] = (monitor if monitor is not None and monitor.key == settings["monitor"]
+                          else Monitor(settings["monitor"], "auto")).mode
     try:
         scheduler = make(optimizer=optimizer, **kwargs)
         return Schedule(scheduler, interval=interval, monitor=settings.get("monitor"))
@@ -95,7 +101,8 @@ def build_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, ep
         raise _rejected(exc, "scheduler", node.get("_target_")) from exc
 
 
-def check_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int) -> None:
+def check_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int,
+                   monitor: Monitor | None = None) -> None:
     """Build the scheduler once on a one-parameter copy of ``optimizer``, so that its arguments are
     checked before any data is read (the real one needs the number of batches, known after the data)."""
     if not node or not node.get("_target_"):
@@ -104,7 +111,7 @@ def check_schedule(node: DictConfig | None, optimizer: torch.optim.Optimizer, ep
     device_only = ("fused", "foreach", "capturable", "differentiable")  # tied to the real parameters
     probe = type(optimizer)([torch.zeros(1, requires_grad=True)],
                             **{k: v for k, v in optimizer.defaults.items() if k in accepted and k not in device_only})
-    build_schedule(node, probe, epochs, batches_per_epoch=1)
+    build_schedule(node, probe, epochs, batches_per_epoch=1, monitor=monitor)
 
 
 def build_augment(node: DictConfig | None) -> Augment | None:
@@ -123,21 +130,44 @@ def build_loggers(node: DictConfig | None) -> list[Callback]:
     return [build(sub, f"logger.{name}") for name, sub in node.items() if sub is not None]
 
 
-def build_callbacks(trainer_cfg: DictConfig, run_dir: RunDir, config: dict,
+def build_monitor(trainer_cfg: DictConfig, class_names: Sequence[str] | None = None,
+                  classes_known: bool = True) -> Monitor:
+    """The run's :class:`Monitor` from ``trainer.monitor`` and ``trainer.monitor_mode``, checked against
+    the val columns of its history (per class with ``class_names``). Before the data is read
+    (``classes_known=False``) a per-class key (``val/iou_<class>``) is left for the check after it."""
+    key = str(trainer_cfg.get("monitor", "val/iou"))
+    if classes_known or not key.startswith(("val/iou_", "val/dice_")):
+        check_choice("trainer.monitor", key, val_columns(class_names))
+    return Monitor(key, str(trainer_cfg.get("monitor_mode", "auto")))
+
+
+def build_training_callbacks(node: DictConfig | None, monitor: Monitor) -> list[Callback]:
+    """The optional callbacks of the ``callbacks`` group (``callbacks=[ema,early_stop]``: one key each, in
+    that order); one whose class takes ``monitor`` and ``mode`` gets the run's (as strings: Hydra would
+    turn a dataclass argument into a config)."""
+    callbacks = []
+    for name, sub in (node or {}).items():
+        if sub is None:
+            continue
+        try:
+            takes = inspect.signature(get_class(sub.get("_target_"))).parameters
+        except Exception:  # build() names a bad target
+            takes = {}
+        given = {k: v for k, v in (("monitor", monitor.key), ("mode", monitor.mode)) if k in takes and k not in sub}
+        callbacks.append(build(sub, f"callbacks.{name}", **given))
+    return callbacks
+
+
+def build_callbacks(cfg: DictConfig, run_dir: RunDir, config: dict, monitor: Monitor,
                     loggers: list[Callback] = (), slow_hint: str | None = None) -> tuple[list[Callback], BestTracker]:
-    """The training loop's callbacks for a run: the optional ones of ``trainer.*`` (grad_clip, ema,
-    early_stop) first, then best-epoch tracking, history.csv, checkpoints, the log line, the time
-    estimate (with ``slow_hint`` for a long run), the loggers (attached to ``run_dir``), progress bars.
+    """The training loop's callbacks for a run: the optional ones of the ``callbacks`` group (EMA, early
+    stopping, gradient clipping) first, then what every run has (the run-directory contract): best-epoch
+    tracking by ``monitor``, history.csv, checkpoints, the log line, the time estimate (with
+    ``slow_hint`` for a long run), the loggers (attached to ``run_dir``), progress bars.
     Returns them and the best-epoch tracker."""
-    callbacks: list[Callback] = []
-    if trainer_cfg.get("grad_clip") is not None:
-        callbacks.append(GradClip(trainer_cfg.grad_clip))
-    if trainer_cfg.get("ema") is not None:
-        callbacks.append(EMA(trainer_cfg.ema))
-    early = trainer_cfg.get("early_stop") or {}
-    if early.get("patience") is not None:
-        callbacks.append(EarlyStopping(early.patience, early.get("min_delta", 0.0)))
-    best = BestTracker("val/iou")
+    trainer_cfg = cfg.trainer
+    callbacks = build_training_callbacks(cfg.get("callbacks"), monitor)
+    best = BestTracker(monitor)
     callbacks += [best, HistoryWriter(run_dir), Checkpointer(run_dir, best, config), EpochLogger(),
                   TimeEstimate(slow_hint=slow_hint)]
     callbacks += [logger.attach(run_dir, config) for logger in loggers]

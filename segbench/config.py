@@ -6,6 +6,7 @@ package ``segbench.conf``, so an installed ``segbench`` finds it wherever it run
 """
 from __future__ import annotations
 
+import copy
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .validation import InvalidValue, check_choice, check_int, check_number, check_switch, is_number
+from .validation import check_int, check_number, check_switch
 
 CONF_PACKAGE = "segbench.conf"  # conf/ in the repository, mapped to this package (pyproject.toml)
 CONF_DIR = Path(str(resources.files(CONF_PACKAGE)))
@@ -108,15 +109,9 @@ def validate(cfg: DictConfig) -> None:
         check_switch(f"trainer.{key}", t[key])
     if t.threads != "auto":
         check_int("trainer.threads", t.threads, low=1)
-    threshold = cfg.eval.threshold
-    if threshold != "auto" and (not is_number(threshold) or not 0 < threshold < 1):
-        raise InvalidValue("eval.threshold", threshold, "a number > 0 and < 1, or 'auto'")
-    check_choice("eval.resolution", cfg.eval.resolution, ("input", "original"))
-    from .scoring import POSTPROCESS, TTA_MODES  # the evaluation layer owns its options
+    from .scoring import EvalSettings  # the evaluation layer owns its settings and their checks
 
-    check_choice("eval.tta", cfg.eval.tta, TTA_MODES)
-    check_choice("eval.postprocess", cfg.eval.postprocess, POSTPROCESS)
-    check_int("eval.num_predictions", cfg.eval.num_predictions, low=1)
+    EvalSettings.from_config(cfg.eval)
     check_int("seed", cfg.seed)
     if cfg.optimizer.get("lr") is not None:
         check_number("optimizer.lr", cfg.optimizer.lr, low=0, low_open=True)
@@ -133,6 +128,45 @@ def differences(saved: dict, current: dict) -> list[str]:
     a, b = _flat(saved), _flat(current)
     keys = [k for k in sorted(set(a) | set(b)) if not is_run_setting(k)]
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+# the callbacks that were trainer.* keys before 0.2: old key -> (callbacks.<name>, its _target_, its argument)
+MOVED_CALLBACKS = {
+    "grad_clip": ("grad_clip", "segbench.engine.GradClip", "max_norm"),
+    "ema": ("ema", "segbench.engine.EMA", "decay"),
+}
+
+
+def upgrade_config(config: dict) -> dict:
+    """A resolved config saved before segbench 0.2 (run.json, a checkpoint) in today's keys, so that it
+    compares with a current one (resume, never training twice) and builds the same components:
+    ``trainer.ema``/``grad_clip``/``early_stop`` become the ``callbacks`` group's entries (in the order
+    the trainer used: grad_clip, ema, early_stop), and keys added since get the default that reproduces
+    the old behaviour (``trainer.val_every=1``, ``trainer.monitor=val/iou``). A current config is
+    returned unchanged; the argument is not modified."""
+    trainer = config.get("trainer") or {}
+    old_keys = [k for k in ("grad_clip", "ema", "early_stop") if k in trainer]
+    if not old_keys and "monitor" in trainer and "val_every" in trainer:
+        return config
+    config = copy.deepcopy(config)
+    trainer = config.setdefault("trainer", {})
+    callbacks = dict(config.get("callbacks") or {})
+    for key, (name, target, argument) in MOVED_CALLBACKS.items():
+        value = trainer.pop(key, None)
+        if value is not None:
+            callbacks[name] = {"_target_": target, argument: value}
+    early = trainer.pop("early_stop", None) or {}
+    if early.get("patience") is not None:
+        callbacks["early_stop"] = {"_target_": "segbench.engine.EarlyStopping", "patience": early["patience"],
+                                   "min_delta": early.get("min_delta", 0.0)}
+    config["callbacks"] = callbacks or None
+    trainer.setdefault("val_every", 1)
+    trainer.setdefault("monitor", "val/iou")
+    trainer.setdefault("monitor_mode", "auto")
+    scheduler = config.get("scheduler") or {}
+    if scheduler.get("monitor") == "val/iou" and scheduler.get("mode") == "max":  # now derived from the monitor
+        scheduler.pop("mode")
+    return config
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .build import build
+from .config import upgrade_config
 from .data import SegArrays
 from hydra.errors import InstantiationException
 
 from .errors import CheckpointError, UserError
-from .scoring import predict_classes, predict_masks, predict_tta
+from .scoring import EvalSettings, predict_classes, predict_masks, predict_tta
 from .runs import RunDir
 
 CHECKPOINTS = ("best", "last")
@@ -97,7 +98,7 @@ def load_trained(run_dir: str | Path, which: str = "best", device: torch.device 
         raise UserError(f"'{path}' does not exist ({run.path} is {what}); a trained model needs a run that has "
                         "finished at least one epoch")
     state = run.load_checkpoint(which)  # a damaged file: a CheckpointError naming it
-    config: dict[str, Any] = state.get("config") or {}
+    config: dict[str, Any] = upgrade_config(state.get("config") or {})  # a run from before 0.2: today's keys
     if "model" not in config:
         raise UserError(f"the checkpoint '{path}' holds no run config; it was not written by segbench")
     try:  # the config is data from someone else: Hydra refuses executable targets (os.system, eval, ...)
@@ -108,13 +109,12 @@ def load_trained(run_dir: str | Path, which: str = "best", device: torch.device 
     model.load_state_dict(state["model"])
     network = Normalized(model, **state["normalizer"]).to(device).eval()
     metrics = run.read_metrics()
-    evaluation = config.get("eval", {})
-    threshold = metrics.get("threshold", evaluation.get("threshold", 0.5))
-    if threshold == "auto":  # the run has not finished: the threshold it would have chosen is unknown
-        threshold = 0.5
+    evaluation = EvalSettings.from_config(config.get("eval"))
+    # the threshold the run chose; a run that has not finished has none: its working threshold
+    threshold = metrics.get("threshold", evaluation.working_threshold)
     return TrainedModel(
         run_dir=run, network=network, image_size=int(config["dataset"]["image_size"]), threshold=float(threshold),
-        tta=str(evaluation.get("tta", "none")), postprocess=str(evaluation.get("postprocess", "none")),
+        tta=evaluation.tta, postprocess=evaluation.postprocess,
         num_classes=int(config["model"].get("num_classes", 1)), device=torch.device(device),
         batch_size=batch_size, config=config,
     )

@@ -17,7 +17,7 @@ import time
 from .build import build
 from .engine import resolve_device
 from .errors import SegbenchError
-from .scoring import score_test
+from .scoring import EvalSettings, score_test
 from .inference import load_trained
 from .runs import RunDir, find_runs
 
@@ -36,9 +36,8 @@ def rescore(run_dir: RunDir, device: str = "cpu", dataset_root: str | None = Non
     dataset_cfg = dict(config["dataset"], **({"root": dataset_root} if dataset_root else {}))
     dataset = build(dataset_cfg, "dataset")
     parts = dataset.parts(run_dir.read_split())
-    evaluation = config["eval"]
     result = score_test(trained, build(config["loss"], "loss"), dataset, parts["val"], parts["test"],
-                        evaluation["threshold"], evaluation["resolution"], evaluation["tta"], evaluation["postprocess"])
+                        EvalSettings.from_config(config.get("eval")))
     new = {k: v for k, v in old.items() if not k.startswith(REPLACED)}
     new.update(result.metrics)
     new["threshold"] = result.threshold

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -19,14 +19,60 @@ from .data import SegArrays, SegDataset
 from .metrics import (
     DEFINITIONS, all_metrics, binarize, class_confusion, class_keys, confusion, hausdorff, iou, iou_score, micro,
 )
-from .validation import check_choice
-
-if TYPE_CHECKING:
-    from .engine import Trainer
+from .validation import InvalidValue, check_choice, check_int, is_number
 
 THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]
 TTA_MODES = ("none", "flips", "d4")
 POSTPROCESS = ("none", "largest")
+RESOLUTIONS = ("input", "original")
+
+
+class Predictor(Protocol):
+    """What scoring needs of a model: logits (N, C, H, W), float32 on the CPU, of the uint8 images of
+    ``data``. The trainer (:class:`segbench.engine.Trainer`) and a loaded run
+    (:class:`segbench.inference.TrainedModel`) are both one."""
+
+    def predict(self, data: SegArrays) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The ``eval`` settings of a run: how its best checkpoint is scored (and, for a trained run, how it
+    predicts). Read from a config by :meth:`from_config`, the one place that does."""
+
+    threshold: float | str = 0.5  # a probability, or "auto": the one of THRESHOLD_GRID best on val
+    resolution: str = "input"  # input | original
+    tta: str = "none"  # none | flips | d4
+    postprocess: str = "none"  # none | largest
+    num_predictions: int = 6  # test cases drawn in predictions.png
+
+    def __post_init__(self) -> None:
+        if self.threshold != "auto":
+            if not is_number(self.threshold) or not 0 < self.threshold < 1:
+                raise InvalidValue("eval.threshold", self.threshold, "a number > 0 and < 1, or 'auto'")
+            object.__setattr__(self, "threshold", float(self.threshold))
+        check_choice("eval.resolution", self.resolution, RESOLUTIONS)
+        check_choice("eval.tta", self.tta, TTA_MODES)
+        check_choice("eval.postprocess", self.postprocess, POSTPROCESS)
+        check_int("eval.num_predictions", self.num_predictions, low=1)
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any] | None) -> "EvalSettings":
+        """From a config's ``eval`` node (a DictConfig or a saved config's dict); missing keys take the
+        defaults above, which are conf/config.yaml's."""
+        node = node or {}
+        known = {k: node[k] for k in ("threshold", "resolution", "tta", "postprocess", "num_predictions") if k in node}
+        return cls(**known)
+
+    @property
+    def auto_threshold(self) -> bool:
+        return self.threshold == "auto"
+
+    @property
+    def working_threshold(self) -> float:
+        """The threshold before one is chosen (training's val IoU, a run that has not finished): 0.5 for
+        ``auto``, else the fixed one."""
+        return 0.5 if self.auto_threshold else float(self.threshold)
 
 # Each test-time transform of (N, C, H, W) tensors with its inverse; square images (segbench resizes to squares).
 _FLIPS = [
@@ -41,7 +87,7 @@ _D4 = [(lambda x, k=k, f=f: (x.flip(-1) if f else x).rot90(k, (-2, -1)),
 TTA_TRANSFORMS = {"none": _FLIPS[:1], "flips": _FLIPS, "d4": _D4}
 
 
-def predict_tta(trainer: "Trainer", data: SegArrays, mode: str = "none") -> torch.Tensor:
+def predict_tta(trainer: Predictor, data: SegArrays, mode: str = "none") -> torch.Tensor:
     """Logits (N, C, H, W) of ``data``, averaged over the test-time transforms of ``mode``: ``none``;
     ``flips`` (identity, horizontal, vertical, both: 4); ``d4`` (the 4 rotations by 90 degrees of the
     image and of its mirror image: 8). Each prediction is transformed back before averaging."""
@@ -195,23 +241,22 @@ class TestResult:
 
 
 def score_test(
-    trainer: "Trainer",
+    trainer: Predictor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     dataset: SegDataset,
     val: SegArrays,
     test_part: SegArrays,
-    threshold: float | str,
-    resolution: str,
-    tta: str = "none",
-    postprocess: str = "none",
+    settings: EvalSettings,
 ) -> TestResult:
-    """Score the trainer's current model on ``test_part``, and on ``val`` the same way.
+    """Score the model's predictions on ``test_part``, and on ``val`` the same way.
 
-    ``threshold='auto'`` picks the one of :data:`THRESHOLD_GRID` with the best mean val IoU (with the
-    same TTA and post-processing); ``resolution='original'`` scores each prediction resized to its
-    case's original mask; ``tta`` and ``postprocess`` as in :func:`predict_tta` and :func:`predict_masks`.
+    ``settings.threshold='auto'`` picks the one of :data:`THRESHOLD_GRID` with the best mean val IoU
+    (with the same TTA and post-processing); ``resolution='original'`` scores each prediction resized
+    to its case's original mask; ``tta`` and ``postprocess`` as in :func:`predict_tta` and
+    :func:`predict_masks`.
     """
-    auto = threshold == "auto"
+    threshold, resolution, tta, postprocess = settings.threshold, settings.resolution, settings.tta, settings.postprocess
+    auto = settings.auto_threshold
     val_logits = predict_tta(trainer, val, tta)
     chosen = choose_threshold(val_logits, val.masks, postprocess=postprocess) if auto else float(threshold)
     logits = predict_tta(trainer, test_part, tta)  # (N, C, H, W) on the CPU; every test number comes from these

@@ -16,15 +16,15 @@ from omegaconf import DictConfig, OmegaConf
 
 import torch
 
-from .build import (build, build_augment, build_callbacks, build_loggers, build_optimizer, build_schedule,
-                    check_schedule)
-from .config import choices, differences, parallel_jobs, validate
+from .build import (build, build_augment, build_callbacks, build_loggers, build_monitor, build_optimizer,
+                    build_schedule, check_schedule)
+from .config import choices, differences, parallel_jobs, upgrade_config, validate
 from .data import SegDataset
 from .engine import (EarlyStopping, FitSettings, Trainer, resolve_channels_last, resolve_device, resolve_precision,
                      resolve_switch, resolve_threads, seed_everything)
 from .engine.device import cpu_name, usable_cores
 from .errors import CheckpointError, UserError
-from .scoring import score_test
+from .scoring import EvalSettings, score_test
 from .plotting import plot_augmentations, plot_curves, plot_predictions
 from .provenance import provenance
 from .runs import RunDir
@@ -102,7 +102,7 @@ def _used_dir(run_dir: RunDir, mode: str, resolved: dict) -> str:
         return "new"
     try:
         previous = run_dir.previous_config()
-        diff = differences(previous, resolved) if previous is not None else []
+        diff = differences(upgrade_config(previous), resolved) if previous is not None else []
     except CheckpointError:
         run_dir.restore_hydra_record()
         raise
@@ -162,7 +162,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     model = build(cfg.model, "model")
     loss_fn = build(cfg.loss, "loss")
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), device)
-    check_schedule(cfg.get("scheduler"), optimizer, int(cfg.trainer.epochs))
+    monitor = build_monitor(cfg.trainer, classes_known=False)  # a class's column is checked with the data
+    check_schedule(cfg.get("scheduler"), optimizer, int(cfg.trainer.epochs), monitor)
     dataset: SegDataset = build(cfg.dataset, "dataset")
     splitter: Split = build(cfg.split, "split")
     augment = build_augment(cfg.get("augment"))
@@ -175,6 +176,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     split = splitter.make(dataset.ids, dataset.groups, dataset.group_order, dataset.group_key)
     parts = dataset.parts(split)
     load_time = time.perf_counter() - load_start
+    monitor = build_monitor(cfg.trainer, dataset.class_names if dataset.num_classes > 1 else None)
     run_dir.write_split(split)
     log.info("data: %s, %d/%d/%d train/val/test at %dpx, loaded in %.2fs (split %s)", names["dataset"],
              *(len(parts[k]) for k in ("train", "val", "test")), dataset.image_size, load_time, split["digest"])
@@ -182,17 +184,18 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     log.info("model: %s, %s parameters; precision %s, %s memory format", names["model"], f"{params:,}", precision,
              launch["memory_format"])
     # 4. engine
+    evaluation = EvalSettings.from_config(cfg.eval)
     settings = FitSettings(
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
-        threshold=0.5 if cfg.eval.threshold == "auto" else float(cfg.eval.threshold), seed=int(cfg.seed),
+        threshold=evaluation.working_threshold, seed=int(cfg.seed),
         precision=precision, channels_last=channels_last,
         compile=resolve_switch("trainer.compile", cfg.trainer.compile, device),
         class_names=tuple(dataset.class_names) if dataset.num_classes > 1 else None,
         val_every=int(cfg.trainer.val_every),
     )
     schedule = build_schedule(cfg.get("scheduler"), optimizer, settings.epochs,
-                              math.ceil(len(parts["train"]) / settings.batch_size))
-    callbacks, best = build_callbacks(cfg.trainer, run_dir, resolved, loggers, _slow_hint(device))
+                              math.ceil(len(parts["train"]) / settings.batch_size), monitor)
+    callbacks, best = build_callbacks(cfg, run_dir, resolved, monitor, loggers, _slow_hint(device))
     trainer = Trainer(model, loss_fn, optimizer, settings, device, schedule, callbacks, augment)
     start_epoch = 1
     if saved is not None:
@@ -206,12 +209,12 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     loop_time = time.perf_counter() - loop_start
     # 5. evaluation of the best checkpoint
     trainer.load_weights(run_dir.load_checkpoint("best"))
-    result = score_test(trainer, loss_fn, dataset, parts["val"], parts["test"], cfg.eval.threshold,
-                        cfg.eval.resolution, cfg.eval.tta, cfg.eval.postprocess)
+    result = score_test(trainer, loss_fn, dataset, parts["val"], parts["test"], evaluation)
     early = trainer.callback(EarlyStopping)
     # 6. the run directory
     metrics = {
-        "status": "done", **result.metrics, "val/iou": best.value, "best_epoch": best.epoch,
+        "status": "done", **result.metrics, "val/iou": _best_row(trainer.history, best.epoch).get("val/iou", math.nan),
+        "monitor": monitor.record(best.value, best.epoch), "best_epoch": best.epoch,
         "epochs": settings.epochs, "stopped_epoch": early.stopped_epoch if early else None, "params": params,
         "train_time_s": trainer.train_time,
         "images_per_s": trainer.train_images / trainer.train_time if trainer.train_time > 0 else math.nan,
@@ -221,20 +224,25 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
         "cpu": launch["cpu"], "cpu_native_bf16": launch["cpu_native_bf16"], "gpu": launch["gpu"],
         **names, "image_size": dataset.image_size, "split_digest": split["digest"],
         "threshold": result.threshold,
-        "definitions": {**result.definitions, "checkpoint": f"best val/iou (epoch {best.epoch})"},
+        "definitions": {**result.definitions, "checkpoint": f"best {monitor.key} (epoch {best.epoch})"},
         "provenance": launch,
     }
     run_dir.write_per_image(parts["test"].ids, result.rows, parts["test"].groups, dataset.group_key)
     run_dir.write_metrics(metrics)
     log.info("test (best epoch %d, threshold %.2f, %s resolution): iou %.4f  dice %.4f  iou_score %.4f  hd95 %.2f  "
-             "loss %.4f", best.epoch, result.threshold, cfg.eval.resolution, metrics["test/iou"],
+             "loss %.4f", best.epoch, result.threshold, evaluation.resolution, metrics["test/iou"],
              metrics["test/dice"], metrics["test/iou_score"], metrics["test/hd95"], metrics["test/loss"])
     plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']}")
-    plot_predictions(run_dir, parts["test"], result.logits, result.threshold, int(cfg.eval.num_predictions),
+    plot_predictions(run_dir, parts["test"], result.logits, result.threshold, evaluation.num_predictions,
                      dataset.class_names)
     trainer.run_end(metrics, run_dir)  # loggers send the results on
     log.info("wrote %s", run_dir.path)
     return metrics
+
+
+def _best_row(history: list[dict], epoch: int) -> dict:
+    """The history row of ``epoch`` (empty when no epoch was best: every validation was NaN)."""
+    return next((row for row in history if int(row["epoch"]) == epoch), {})
 
 
 def _last_state(run_dir: RunDir) -> dict | None:
@@ -255,6 +263,8 @@ def _how_to_compute(cfg: DictConfig, device: torch.device, saved: dict | None) -
     precision = resolve_precision(str(cfg.trainer.precision), device)
     channels_last = resolve_channels_last(cfg.trainer.channels_last, device)
     before = (saved or {}).get("settings") or {}
+    if saved is not None and "settings" not in saved and device.type == "cpu":
+        before = {"precision": "fp32", "channels_last": False}  # before 0.2, auto was fp32, contiguous on a CPU
     if before.get("precision") and cfg.trainer.precision == "auto" and before["precision"] != precision:
         log.warning("resuming in %s, the precision this run started with (trainer.precision=auto would be %s "
                     "here)", before["precision"], precision)

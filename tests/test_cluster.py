@@ -165,7 +165,7 @@ def test_checkpoints_load_safely_and_a_payload_runs_no_code(tmp_path):
     from segbench import export, predict, rescore
 
     out = tmp_path / "run"
-    run(compose_cfg([*TINY, f"output_dir={out}", "trainer.ema=0.9", "scheduler=cosine", "augment=flips"]))
+    run(compose_cfg([*TINY, f"output_dir={out}", "callbacks=ema", "callbacks.ema.decay=0.9", "scheduler=cosine", "augment=flips"]))
     for name in ("last.pt", "best.pt"):  # everything a checkpoint holds is what a safe load reads
         state = torch.load(out / "checkpoints" / name, weights_only=True)
         assert state["rng"]["numpy"]["name"] == "MT19937" and isinstance(state["config"], dict)

@@ -64,7 +64,7 @@ def test_config_file_instantiates(group, name, experiment, tmp_path):
 def test_default_is_the_gpu_recipe():
     cfg = compose_cfg()
     assert cfg.optimizer._target_ == "torch.optim.AdamW" and cfg.scheduler._target_.endswith("WarmupCosine")
-    assert cfg.loss._target_.endswith("ComboLoss") and cfg.augment.ops and cfg.trainer.ema
+    assert cfg.loss._target_.endswith("ComboLoss") and cfg.augment.ops and cfg.callbacks.ema.decay == 0.99
     assert cfg.dataset.image_size == 256 and cfg.model.base_width == 64
     assert (cfg.eval.threshold, cfg.eval.resolution, cfg.eval.tta, cfg.eval.postprocess) == \
         ("auto", "original", "d4", "largest")

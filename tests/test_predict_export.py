@@ -23,7 +23,7 @@ from .conftest import TINY, compose_cfg, needs
 def trained_run(tmp_path_factory):
     """A tiny run with the settings predict must reuse: EMA weights, flips TTA, largest component, auto threshold."""
     out = tmp_path_factory.mktemp("predict") / "run"
-    run(compose_cfg([*TINY, "trainer.ema=0.9", "eval.tta=flips", "eval.postprocess=largest",
+    run(compose_cfg([*TINY, "callbacks=ema", "callbacks.ema.decay=0.9", "eval.tta=flips", "eval.postprocess=largest",
                      "eval.threshold=auto", f"output_dir={out}"]))
     return out
 

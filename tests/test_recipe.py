@@ -11,6 +11,7 @@ from segbench.augment import Augment
 from segbench.data import SegArrays
 from segbench.engine import EMA, Callback, EarlyStopping, FitSettings, GradClip, Normalizer, Trainer
 from segbench.scoring import choose_threshold, largest_component, predict_masks, predict_tta
+from segbench.errors import UserError
 from segbench.train import run
 from tests.conftest import CONF, TINY, compose_cfg
 
@@ -181,8 +182,8 @@ def test_early_stopping_stops_at_the_expected_epoch():
 
 
 def test_early_stopping_ends_a_run_and_says_when(tmp_path):
-    metrics = run(compose_cfg([*TINY, "trainer.epochs=30", "trainer.early_stop.patience=1",
-                               "trainer.early_stop.min_delta=0.5", f"output_dir={tmp_path}"]))
+    metrics = run(compose_cfg([*TINY, "trainer.epochs=30", "callbacks=early_stop",
+                               "callbacks.early_stop.patience=1", "callbacks.early_stop.min_delta=0.5", f"output_dir={tmp_path}"]))
     assert metrics["stopped_epoch"] == 2  # no epoch can beat the first by 0.5 IoU
     assert len((tmp_path / "history.csv").read_text().splitlines()) == 1 + 2
 
@@ -272,3 +273,48 @@ def test_tta_and_postprocess_are_recorded(tmp_path):
     assert metrics["definitions"]["tta"].startswith("mean logits of identity")
     assert metrics["definitions"]["postprocess"].startswith("largest")
     assert 0 <= metrics["val_final/iou"] <= 1 and math.isfinite(metrics["test/iou"])
+
+
+def test_the_monitor_chooses_the_best_epoch_and_is_recorded(tmp_path):
+    """trainer.monitor=val/loss: the best checkpoint is the epoch with the lowest val loss (mode auto = min)."""
+    metrics = run(compose_cfg([*TINY, "trainer.epochs=4", "optimizer.lr=3e-3", "trainer.monitor=val/loss",
+                               f"output_dir={tmp_path}"]))
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split(","), map(float, line.split(",")))) for line in lines[1:]]
+    best = min(rows, key=lambda r: r["val/loss"])
+    assert metrics["monitor"] == {"key": "val/loss", "mode": "min", "value": best["val/loss"],
+                                  "epoch": int(best["epoch"])}
+    assert metrics["best_epoch"] == int(best["epoch"]) and metrics["val/iou"] == best["val/iou"]
+    assert metrics["definitions"]["checkpoint"] == f"best val/loss (epoch {int(best['epoch'])})"
+
+
+def test_early_stopping_follows_a_minimised_monitor():
+    stop = EarlyStopping(patience=2, monitor="val/loss")
+    fake = SimpleNamespace(stop_requested=False)
+    for epoch, value in enumerate([0.5, 0.4, 0.45, 0.41, 0.3], 1):  # epoch 2 is the best; 3 and 4 are not
+        stop.on_epoch_end(fake, {"epoch": epoch, "val/loss": value})
+        if fake.stop_requested:
+            break
+    assert stop.monitor.mode == "min" and stop.stopped_epoch == 4
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.monitor=val/ioo"], r"trainer.monitor='val/ioo' is invalid; expected one of .*did you mean 'val/iou'"),
+    (["trainer.monitor=val/iou_lesion"], r"trainer.monitor='val/iou_lesion' is invalid"),  # binary: no classes
+    (["trainer.monitor_mode=up"], r"trainer.monitor_mode='up' is invalid; expected one of"),
+])
+def test_a_bad_monitor_is_named_before_training(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        run(compose_cfg([*TINY, *overrides, f"output_dir={tmp_path}"]))
+    assert not (tmp_path / "history.csv").exists()
+
+
+def test_a_class_column_is_a_monitor_of_a_multi_class_run():
+    from segbench.build import build_monitor
+
+    cfg = compose_cfg(["trainer.monitor=val/dice_ring"])
+    with pytest.raises(UserError, match="did you mean 'val/dice'"):
+        build_monitor(cfg.trainer)  # a binary run has no class columns
+    assert build_monitor(cfg.trainer, classes_known=False).key == "val/dice_ring"  # checked with the data
+    monitor = build_monitor(cfg.trainer, ["background", "lesion", "ring"])
+    assert (monitor.key, monitor.mode) == ("val/dice_ring", "max")

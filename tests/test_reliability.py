@@ -33,7 +33,7 @@ def history_without_time(path):
 @pytest.mark.parametrize("extra", [
     [],
     ["scheduler=cosine", "scheduler.warmup=3", "optimizer.lr=1e-3"],  # a per-step schedule
-    ["augment=standard", "trainer.ema=0.9", "trainer.grad_clip=1.0"],  # RNG draws every batch; EMA state
+    ["augment=standard", "callbacks=[ema,grad_clip]", "callbacks.ema.decay=0.9"],  # RNG draws every batch; EMA state
 ], ids=["plain", "per_step_schedule", "augment_ema_clip"])
 def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, extra):
     args = [*FOUR, *extra]

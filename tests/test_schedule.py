@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from segbench.build import build_schedule
+from segbench.build import build_monitor, build_schedule
 from segbench.train import run
 from tests.conftest import TINY, compose_cfg
 
@@ -91,3 +91,21 @@ def test_plateau_and_onecycle_train_from_yaml(tmp_path):
         assert metrics["status"] == "done"
     history = (tmp_path / "onecycle" / "history.csv").read_text().splitlines()
     assert float(history[1].split(",")[1]) == pytest.approx(1e-4 / 25)  # OneCycle starts at max_lr / div_factor
+
+
+def test_plateau_follows_the_monitor_direction():
+    """With trainer.monitor=val/loss the plateau scheduler monitors the loss and lower is better."""
+    cfg = compose_cfg(["scheduler=plateau", f"optimizer.lr={LR}", "scheduler.patience=1", "trainer.monitor=val/loss"])
+    monitor = build_monitor(cfg.trainer)
+    assert (monitor.key, monitor.mode) == ("val/loss", "min")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    schedule = build_schedule(cfg.scheduler, optimizer, 5, 1, monitor)
+    assert schedule.monitor == "val/loss" and schedule.scheduler.mode == "min"
+    seen = []
+    for epoch, loss in enumerate([0.5, 0.4, 0.3, 0.2, 0.1], 1):  # a falling loss never reduces the lr
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.epoch_end({"epoch": epoch, "val/loss": loss})
+    assert seen == pytest.approx([LR] * 5)
+    default, _ = schedule_of("plateau")
+    assert default.monitor == "val/iou" and default.scheduler.mode == "max"

@@ -14,6 +14,7 @@ import datetime
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -21,7 +22,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..runs import RunDir
-from ..validation import check_int, check_number
+from ..validation import check_choice, check_int, check_number
 
 if TYPE_CHECKING:
     from .loop import Trainer
@@ -62,17 +63,50 @@ class Callback:
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class BestTracker(Callback):
-    """Keeps the best epoch by a history column (``val/iou``, higher is better, by default)."""
+MONITOR_MODES = ("max", "min", "auto")
+LOWER_IS_BETTER = ("loss", "hd", "hd95")  # val metrics where auto means min
 
-    def __init__(self, monitor: str = "val/iou", mode: str = "max") -> None:
-        self.monitor, self.mode = monitor, mode
-        self.epoch, self.value = 0, -math.inf if mode == "max" else math.inf
+
+@dataclass(frozen=True)
+class Monitor:
+    """The val metric a run optimises (``trainer.monitor``) and its direction (``trainer.monitor_mode``):
+    it picks the best checkpoint, drives early stopping and the plateau scheduler, is the value a run
+    returns to a sweeper and the report's "best val" column. ``auto`` mode is ``min`` for
+    ``val/loss`` (and distances), ``max`` otherwise."""
+
+    key: str = "val/iou"
+    mode: str = "max"
+
+    def __post_init__(self) -> None:
+        check_choice("trainer.monitor_mode", self.mode, MONITOR_MODES)
+        if self.mode == "auto":
+            metric = self.key.partition("/")[2]
+            object.__setattr__(self, "mode", "min" if metric in LOWER_IS_BETTER else "max")
+
+    @property
+    def worst(self) -> float:
+        return -math.inf if self.mode == "max" else math.inf
+
+    def better(self, value: float, than: float, by: float = 0.0) -> bool:
+        """Whether ``value`` improves on ``than`` by more than ``by`` (False for NaN)."""
+        return value > than + by if self.mode == "max" else value < than - by
+
+    def record(self, value: float, epoch: int) -> dict:
+        """metrics.json's ``monitor``: what chose the best checkpoint."""
+        return {"key": self.key, "mode": self.mode, "value": value, "epoch": epoch}
+
+
+class BestTracker(Callback):
+    """Keeps the best epoch by the monitored history column (``val/iou``, higher is better, by default)."""
+
+    def __init__(self, monitor: Monitor | str = "val/iou", mode: str = "max") -> None:
+        self.monitor = monitor if isinstance(monitor, Monitor) else Monitor(monitor, mode)
+        self.epoch, self.value = 0, self.monitor.worst
         self.improved = False
 
     def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
-        value = row[self.monitor]  # NaN on an epoch that was not validated (trainer.val_every): never the best
-        self.improved = value > self.value if self.mode == "max" else value < self.value
+        value = row[self.monitor.key]  # NaN on an epoch that was not validated (trainer.val_every): never the best
+        self.improved = self.monitor.better(value, self.value)
         if self.improved:
             self.epoch, self.value = int(row["epoch"]), value
 
@@ -88,7 +122,7 @@ class GradClip(Callback):
     (unscaled first under fp16, so the norm is the true one)."""
 
     def __init__(self, max_norm: float) -> None:
-        self.max_norm = check_number("trainer.grad_clip", max_norm, 0, low_open=True)
+        self.max_norm = check_number("callbacks.grad_clip.max_norm", max_norm, 0, low_open=True)
 
     def on_before_optimizer_step(self, trainer: "Trainer") -> None:
         trainer.scaler.unscale_(trainer.optimizer)
@@ -108,7 +142,7 @@ class EMA(Callback):
     """
 
     def __init__(self, decay: float) -> None:
-        self.decay = check_number("trainer.ema", decay, 0, 1, low_open=True, high_open=True)
+        self.decay = check_number("callbacks.ema.decay", decay, 0, 1, low_open=True, high_open=True)
         self.update = get_ema_multi_avg_fn(self.decay)
         self.module: torch.nn.Module | None = None
         self.steps = 0  # optimizer steps averaged so far
@@ -142,30 +176,33 @@ class EMA(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stops training when ``monitor`` (val IoU) has not improved by more than ``min_delta`` for
-    ``patience`` epochs; ``stopped_epoch`` is the last epoch trained (None when it did not stop)."""
+    """Stops training when the monitored val metric (``trainer.monitor``) has not improved by more than
+    ``min_delta`` for ``patience`` validations; ``stopped_epoch`` is the last epoch trained (None when
+    it did not stop)."""
 
-    def __init__(self, patience: int, min_delta: float = 0.0, monitor: str = "val/iou") -> None:
-        self.patience = check_int("trainer.early_stop.patience", patience, low=1)
-        self.min_delta = check_number("trainer.early_stop.min_delta", min_delta, 0)
-        self.monitor = monitor
-        self.best, self.wait, self.stopped_epoch = -math.inf, 0, None
+    def __init__(self, patience: int, min_delta: float = 0.0, monitor: Monitor | str = "val/iou",
+                 mode: str = "auto") -> None:
+        self.patience = check_int("callbacks.early_stop.patience", patience, low=1)
+        self.min_delta = check_number("callbacks.early_stop.min_delta", min_delta, 0)
+        self.monitor = monitor if isinstance(monitor, Monitor) else Monitor(monitor, mode)
+        self.best, self.wait, self.stopped_epoch = self.monitor.worst, 0, None
 
     def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None:
         trainer.stop_requested = self.stopped_epoch is not None  # a resumed run that had already stopped
 
     def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
-        if math.isnan(row[self.monitor]):
+        value = row[self.monitor.key]
+        if math.isnan(value):
             return  # not validated (trainer.val_every): patience counts validations
-        if row[self.monitor] > self.best + self.min_delta:
-            self.best, self.wait = row[self.monitor], 0
+        if self.monitor.better(value, self.best, self.min_delta):
+            self.best, self.wait = value, 0
         else:
             self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = int(row["epoch"])
             trainer.stop_requested = True
             log.info("early stopping after epoch %d: %s has not improved by more than %g for %d epochs",
-                     self.stopped_epoch, self.monitor, self.min_delta, self.patience)
+                     self.stopped_epoch, self.monitor.key, self.min_delta, self.patience)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}

@@ -67,6 +67,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+
+def val_columns(class_names: Sequence[str] | None = None) -> list[str]:
+    """The val columns of a history row: ``val/loss``, ``val/iou``, ``val/dice``, and per class
+    (``val/iou_<class>``, ``val/dice_<class>``) for a multi-class run: what ``trainer.monitor`` can be."""
+    per_class = ([f"val/{m}_{c}" for c in class_keys(class_names, len(class_names)) for m in ("iou", "dice")]
+                 if class_names else [])
+    return ["val/loss", "val/iou", "val/dice", *per_class]
+
 @dataclass(frozen=True)
 class FitSettings:
     """How the loop trains: what a run resolves from ``trainer.*`` and ``eval.threshold``.
@@ -275,7 +283,7 @@ class Trainer:
         if self.settings.validates(epoch):
             val_stats = self.evaluate(val)  # with the averaged weights, when EMA keeps them
         else:  # not validated (trainer.val_every): the row's val columns are NaN
-            val_stats = {k.split("/", 1)[1]: math.nan for k in self._val_columns()}
+            val_stats = {k.split("/", 1)[1]: math.nan for k in val_columns(self.settings.class_names)}
         row = {
             "epoch": epoch,
             "lr": lr,
@@ -293,12 +301,6 @@ class Trainer:
                 self.schedule.epoch_end(row)
             self.history.append(row)
             self._call("on_epoch_end", row)
-
-    def _val_columns(self) -> list[str]:
-        """The val columns of a history row: ``val/loss``, ``val/iou``, ``val/dice``, and per class."""
-        names = self.settings.class_names
-        per_class = [f"val/{m}_{c}" for c in class_keys(names, len(names)) for m in ("iou", "dice")] if names else []
-        return ["val/loss", "val/iou", "val/dice", *per_class]
 
     def train_epoch(self, images: torch.Tensor, masks: torch.Tensor, epoch: int) -> dict[str, float]:
         """One pass over the split in a seeded random order; returns its mean loss and IoU.
