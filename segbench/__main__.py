@@ -10,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from segbench.runs.naming import register_resolvers
-from segbench.errors import SegbenchError
+from segbench.errors import SegbenchError, report
 
 log = logging.getLogger("segbench")
 register_resolvers()  # before Hydra resolves hydra.sweep.subdir
@@ -42,8 +42,7 @@ def main(cfg: DictConfig) -> float | None:
             return None
         if isinstance(exc, SegbenchError):
             log.error("%s", exc)
-            print(f"segbench: error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise SystemExit(report("segbench", exc)) from None
         raise
     monitored = metrics.get("monitor") or {"value": metrics["val/iou"]}  # a run finished before 0.2 has no record
     return float(monitored["value"])
@@ -88,8 +87,7 @@ def cli(argv: list[str] | None = None) -> None:
             if option in args:
                 require(module, package, extra, option)
     except SegbenchError as exc:
-        print(f"segbench: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(report("segbench", exc)) from None
     main()
 
 

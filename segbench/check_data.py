@@ -11,22 +11,19 @@ from hydra.errors import HydraException
 
 from .build import build
 from .config import check_missing, compose_config
-from .errors import SegbenchError
+from .errors import SegbenchError, command
 
 
+@command("segbench.check_data", catch=(HydraException,))
 def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in overrides):
         print(__doc__)
         return 0
-    try:
-        cfg = compose_config(overrides)
-        check_missing(cfg)
-        dataset = build(cfg.dataset, "dataset")
-        split = build(cfg.split, "split")
-    except (HydraException, SegbenchError) as exc:
-        print(f"segbench.check_data: error: {exc}", file=sys.stderr)
-        return 2
+    cfg = compose_config(overrides)
+    check_missing(cfg)
+    dataset = build(cfg.dataset, "dataset")
+    split = build(cfg.split, "split")
     print(f"checking {dataset.describe()} ...")
     try:
         problems, readable = dataset.check()

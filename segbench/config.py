@@ -98,8 +98,9 @@ def check_missing(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check run settings before any work; each error names the key, the value and what is allowed.
 
-    Component arguments (model, loss, dataset, split, scheduler) are checked by the components
-    themselves when :mod:`segbench.build` creates them, which also happens before training.
+    Component arguments (model, loss, dataset, split, scheduler, callbacks) are checked by the components
+    themselves when :mod:`segbench.build` creates them, and ``eval.*`` by
+    :class:`segbench.scoring.EvalSettings`; both happen before training too.
     """
     check_missing(cfg)
     t = cfg.trainer
@@ -109,23 +110,21 @@ def validate(cfg: DictConfig) -> None:
         check_switch(f"trainer.{key}", t[key])
     if t.threads != "auto":
         check_int("trainer.threads", t.threads, low=1)
-    from .scoring import EvalSettings  # the evaluation layer owns its settings and their checks
-
-    EvalSettings.from_config(cfg.eval)
     check_int("seed", cfg.seed)
     if cfg.optimizer.get("lr") is not None:
         check_number("optimizer.lr", cfg.optimizer.lr, low=0, low_open=True)
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested (resolved) config as ``{"optimizer.lr": 0.001, ...}``; lists are kept whole."""
+    if not isinstance(config, dict):
+        return {prefix.rstrip("."): config}
+    return {k: v for key, val in config.items() for k, v in flatten(val, f"{prefix}{key}.").items()}
 
 
 def differences(saved: dict, current: dict) -> list[str]:
     """``key: old -> new`` for every setting that defines a configuration and differs (resolved configs)."""
-    a, b = _flat(saved), _flat(current)
+    a, b = flatten(saved), flatten(current)
     keys = [k for k in sorted(set(a) | set(b)) if not is_run_setting(k)]
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 

@@ -1,8 +1,14 @@
 """Errors segbench reports with a clear message instead of a traceback.
 
 The CLI prints their message (no stack trace) and exits with status 2; in a
-multirun the job is recorded as failed and the sweep goes on.
+multirun the job is recorded as failed and the sweep goes on. Every command's
+``main(argv)`` is wrapped by :func:`command`, the one place that does so.
 """
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
 
 
 def describe(exc: BaseException) -> str:
@@ -29,3 +35,24 @@ class DataError(UserError):
 
 class CheckpointError(DataError):
     """A checkpoint file cannot be read; the message names it."""
+
+
+def report(prog: str, exc: BaseException | str) -> int:
+    """``<prog>: error: <message>`` on stderr; returns 2, the exit status of bad input."""
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def command(prog: str, catch: tuple[type[BaseException], ...] = ()) -> Callable:
+    """Decorates a command's ``main(argv) -> int``: a :class:`SegbenchError` (or one of ``catch``, such as
+    Hydra's errors) raised from it is reported with :func:`report` and the exit status 2, never a
+    traceback (what lightning-hydra-template's ``task_wrapper`` does for its tasks)."""
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def wrapper(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except (SegbenchError, *catch) as exc:
+                return report(prog, exc)
+        return wrapper
+    return wrap

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import SegbenchError, describe
+from .errors import SegbenchError, UserError, command, describe
 from .extras import require
 from .inference import CHECKPOINTS, TrainedModel, load_trained
 from .runs.atomic import atomic_file, write_json
@@ -106,6 +106,7 @@ def export(trained: TrainedModel, fmt: str, output: Path, opset: int | None = No
     return info
 
 
+@command("segbench.export")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segbench.export", description=__doc__.split("\n\n")[1])
     parser.add_argument("run_dir", help="a finished run directory (holds checkpoints/best.pt)")
@@ -118,14 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     output = Path(args.output) if args.output else Path(args.run_dir) / "export" / f"model{FORMATS[args.format]}"
     if output.exists() and not args.overwrite:
-        print(f"segbench.export: error: '{output}' exists; use --overwrite or another --output", file=sys.stderr)
-        return 2
-    try:
-        trained = load_trained(args.run_dir, args.checkpoint, "cpu")
-        info = export(trained, args.format, output, args.opset)
-    except SegbenchError as exc:
-        print(f"segbench.export: error: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(f"'{output}' exists; use --overwrite or another --output")
+    trained = load_trained(args.run_dir, args.checkpoint, "cpu")
+    info = export(trained, args.format, output, args.opset)
     print(f"wrote {output} ({args.format}; checked against PyTorch on a batch of 2 at "
           f"{info['image_size'] + 16}x{info['image_size']}) and {output}.json")
     return 0

@@ -21,6 +21,7 @@ from .config import upgrade_config
 from .data import SegArrays
 from hydra.errors import InstantiationException
 
+from .engine.normalize import Normalize, Normalizer
 from .errors import CheckpointError, UserError
 from .scoring import EvalSettings, predict_classes, predict_masks, predict_tta
 from .runs import RunDir
@@ -29,17 +30,16 @@ CHECKPOINTS = ("best", "last")
 
 
 class Normalized(nn.Module):
-    """The network with segbench's input normalisation in front: float (B, 3, H, W) RGB in [0, 1]
-    -> logits (B, C, H, W). What ``segbench.export`` writes."""
+    """The network with the run's input normalisation (the trainer's own :class:`Normalize`) in front:
+    float (B, 3, H, W) RGB in [0, 1] -> logits (B, C, H, W). What ``segbench.export`` writes."""
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
+    def __init__(self, model: nn.Module, normalizer: Normalizer) -> None:
         super().__init__()
+        self.normalize = Normalize(normalizer.mean, normalizer.std)
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
+        return self.model(self.normalize(images))
 
 
 @dataclass
@@ -107,7 +107,7 @@ def load_trained(run_dir: str | Path, which: str = "best", device: torch.device 
         raise CheckpointError(f"the checkpoint '{path}' names a model that cannot be built: "
                               f"{str(exc).splitlines()[0]}") from exc
     model.load_state_dict(state["model"])
-    network = Normalized(model, **state["normalizer"]).to(device).eval()
+    network = Normalized(model, Normalizer(**state["normalizer"])).to(device).eval()
     metrics = run.read_metrics()
     evaluation = EvalSettings.from_config(config.get("eval"))
     # the threshold the run chose; a run that has not finished has none: its working threshold

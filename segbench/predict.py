@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .data.arrays import IMAGE_SUFFIXES, image_files, read_rgb, resize_image
 from .engine import resolve_device
-from .errors import SegbenchError
+from .errors import SegbenchError, UserError, command
 from .inference import CHECKPOINTS, TrainedModel, load_trained
 from .runs.atomic import write_csv
 from .plotting import class_colours
@@ -114,6 +114,7 @@ def predict_files(trained: TrainedModel, files: list[Path], output: Path, batch_
     return rows
 
 
+@command("segbench.predict")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m segbench.predict", description=__doc__.split("\n\n")[1],
@@ -132,17 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trained = load_trained(args.run_dir, args.checkpoint, resolve_device(args.device), args.batch_size)
     except SegbenchError as exc:  # the device check speaks of the config key; here it is the option
-        print(f"segbench.predict: error: {str(exc).replace('trainer.device=', '--device ')}", file=sys.stderr)
-        return 2
+        raise UserError(str(exc).replace("trainer.device=", "--device ")) from None
     files, failed = expand_inputs(args.inputs)
     files = distinct_stems(files, failed)
     output = Path(args.output)
     targets = [output / CSV_NAME] + [output / f"{p.stem}{suffix}" for p in files for suffix in (".png", "_overlay.png")]
     existing = [p for p in targets if p.exists()]
     if existing and not args.overwrite:
-        print(f"segbench.predict: error: {len(existing)} output file(s) exist already, e.g. '{existing[0]}'; "
-              "use --overwrite to replace them, or another --output", file=sys.stderr)
-        return 2
+        raise UserError(f"{len(existing)} output file(s) exist already, e.g. '{existing[0]}'; "
+                        "use --overwrite to replace them, or another --output")
     output.mkdir(parents=True, exist_ok=True)
     print(f"predicting {len(files)} image(s) with {trained.run_dir.path} ({args.checkpoint} checkpoint, "
           f"{trained.image_size}px, threshold {trained.threshold:.2f}, tta {trained.tta}, "

@@ -16,7 +16,7 @@ import time
 
 from .build import build
 from .engine import resolve_device
-from .errors import SegbenchError
+from .errors import SegbenchError, UserError, command
 from .scoring import EvalSettings, score_test
 from .inference import load_trained
 from .runs import RunDir, find_runs
@@ -44,27 +44,23 @@ def rescore(run_dir: RunDir, device: str = "cpu", dataset_root: str | None = Non
     new["definitions"] = {**result.definitions, "checkpoint": old.get("definitions", {}).get("checkpoint")}
     new["rescored"] = {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "by": "python -m segbench.rescore",
                        "before": {k: old.get(k) for k in ("test/iou", "test/dice", "test/hd95", "threshold")}}
-    run_dir.write_per_image(parts["test"].ids, result.rows, parts["test"].groups, dataset.group_key)
+    run_dir.write_per_image(parts["test"].ids, result.per_image, parts["test"].groups, dataset.group_key)
     run_dir.write_metrics(new)
     return old, new
 
 
+@command("segbench.rescore", catch=(FileNotFoundError,))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segbench.rescore", description=__doc__.split("\n\n")[1])
     parser.add_argument("dirs", nargs="+", help="run directories, or folders holding them (a sweep)")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps")
     parser.add_argument("--dataset-root", help="where the dataset is now, if it moved since the runs")
     args = parser.parse_args(argv)
-    try:
-        # a run directory itself (also one made by run(cfg) in Python, without .hydra/), or folders of them
-        runs = [r for d in args.dirs for r in ([RunDir(d)] if RunDir(d).best_pt.is_file() else find_runs([d]))]
-        device = resolve_device(args.device)
-    except (FileNotFoundError, SegbenchError) as exc:
-        print(f"segbench.rescore: error: {exc}", file=sys.stderr)
-        return 2
+    # a run directory itself (also one made by run(cfg) in Python, without .hydra/), or folders of them
+    runs = [r for d in args.dirs for r in ([RunDir(d)] if RunDir(d).best_pt.is_file() else find_runs([d]))]
+    device = resolve_device(args.device)
     if not runs:
-        print(f"segbench.rescore: error: no run directories in {' '.join(args.dirs)}", file=sys.stderr)
-        return 2
+        raise UserError(f"no run directories in {' '.join(args.dirs)}")
     failed = 0
     for run in runs:
         try:

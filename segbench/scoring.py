@@ -159,11 +159,11 @@ def per_image(
     postprocess: str = "none",
     class_names: Sequence[str] | None = None,
 ) -> dict[str, list[float]]:
-    """Every metric per image. ``masks`` may be one (N, 1, H, W) tensor, or N (H0, W0) masks at
+    """Every metric per image, as columns (metric -> one value per image). ``masks`` may be one (N, 1, H, W) tensor, or N (H0, W0) masks at
     their original sizes, in which case each logit map is resized (bilinear) to its mask first;
     ``postprocess`` is applied to each prediction at the size it is scored at. Multi-class logits
     are scored per foreground class (:data:`segbench.metrics.DEFINITIONS` ``classes``)."""
-    rows: dict[str, list[float]] = {}
+    columns: dict[str, list[float]] = {}
     for i in range(logits.shape[0]):
         mask = torch.as_tensor(masks[i]).reshape(1, 1, *masks[i].shape[-2:])
         logit = logits[i : i + 1].float()
@@ -174,8 +174,8 @@ def per_image(
         else:
             values = _class_values(predict_classes(logit, postprocess), mask.long(), logit.shape[1], class_names)
         for k, v in values.items():
-            rows.setdefault(k, []).append(v)
-    return rows
+            columns.setdefault(k, []).append(v)
+    return columns
 
 
 def _binary_values(pred: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
@@ -203,39 +203,40 @@ def _class_values(pred: torch.Tensor, mask: torch.Tensor, num_classes: int,
     return {**values, **{k: c[k].sum().item() for k in ("tp", "fp", "fn", "tn")}}
 
 
-def summarize(rows: dict[str, list[float]], prefix: str = "test/") -> dict[str, float]:
-    """Means over images (NaN Hausdorff values left out and counted) and micro ratios."""
+def image_means(columns: dict[str, list[float]], prefix: str = "test/") -> dict[str, float]:
+    """The per-image columns of :func:`per_image` as means over images (NaN Hausdorff values left out and
+    counted), and micro ratios (the confusion counts summed first)."""
     out: dict[str, float] = {}
-    for k, values in rows.items():
+    for k, values in columns.items():
         if k in ("tp", "fp", "fn", "tn"):
             continue
         arr = np.asarray(values, dtype=float)
         out[f"{prefix}{k}"] = float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan
-    out[f"{prefix}hd_undefined"] = int(np.isnan(np.asarray(rows["hd"], dtype=float)).sum())
-    counts = {k: torch.tensor(rows[k]) for k in ("tp", "fp", "fn", "tn")}
+    out[f"{prefix}hd_undefined"] = int(np.isnan(np.asarray(columns["hd"], dtype=float)).sum())
+    counts = {k: torch.tensor(columns[k]) for k in ("tp", "fp", "fn", "tn")}
     out.update({f"{prefix}{k}_micro": v for k, v in micro(counts).items()})
     return out
 
 
-def by_group(rows: dict[str, list[float]], groups: Sequence[str], order: Sequence[str] = ()) -> dict[str, dict]:
+def by_group(columns: dict[str, list[float]], groups: Sequence[str], order: Sequence[str] = ()) -> dict[str, dict]:
     """Per-image means within each group (e.g. PH2 diagnosis), groups in ``order`` then sorted."""
     out = {}
     for name in [g for g in order if g in groups] + sorted(set(groups) - set(order)):
         index = [i for i, g in enumerate(groups) if g == name]
-        group = {k: [v[i] for i in index] for k, v in rows.items()}
-        out[name] = {"n": len(index), **summarize(group, prefix="")}
+        group = {k: [v[i] for i in index] for k, v in columns.items()}
+        out[name] = {"n": len(index), **image_means(group, prefix="")}
     return out
 
 
 @dataclass
 class TestResult:
     """What the test step produced: the threshold used, the test logits (N, C, H, W) at the input size
-    (after test-time augmentation), per-image metric rows, and the summary (``test/<metric>``, and
+    (after test-time augmentation), the per-image metric columns, and their means (``test/<metric>``, and
     ``val_final/<metric>`` for the val split scored the same way) with its definitions."""
 
     threshold: float
     logits: torch.Tensor
-    rows: dict[str, list[float]]
+    per_image: dict[str, list[float]]
     metrics: dict[str, Any]
     definitions: dict[str, Any]
 
@@ -268,8 +269,8 @@ def score_test(
         return dataset.original_masks(part.ids) if original else part.masks
 
     names = dataset.class_names if dataset.num_classes > 1 else None
-    rows = per_image(logits, masks_of(test_part), chosen, postprocess, names)
-    val_summary = summarize(per_image(val_logits, masks_of(val), chosen, postprocess, names), prefix="val_final/")
+    columns = per_image(logits, masks_of(test_part), chosen, postprocess, names)
+    val_means = image_means(per_image(val_logits, masks_of(val), chosen, postprocess, names), prefix="val_final/")
     definitions = {
         **DEFINITIONS,
         "threshold": chosen,
@@ -282,8 +283,8 @@ def score_test(
         if logits.shape[1] == 1 else "largest 8-connected component of each foreground class (the rest background)",
         "val_final": "the val split scored like the test split (same threshold, TTA, post-processing, resolution)",
     }
-    metrics = {"test/loss": test_loss, **summarize(rows),
-               **{k: v for k, v in val_summary.items() if k.split("/")[1] in ("iou", "dice", "hd95", "iou_score")}}
+    metrics = {"test/loss": test_loss, **image_means(columns),
+               **{k: v for k, v in val_means.items() if k.split("/")[1] in ("iou", "dice", "hd95", "iou_score")}}
     if test_part.groups is not None:
-        metrics[f"by_{dataset.group_key or 'group'}"] = by_group(rows, test_part.groups, dataset.group_order)
-    return TestResult(chosen, logits, rows, metrics, definitions)
+        metrics[f"by_{dataset.group_key or 'group'}"] = by_group(columns, test_part.groups, dataset.group_order)
+    return TestResult(chosen, logits, columns, metrics, definitions)

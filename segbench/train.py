@@ -20,10 +20,11 @@ from .build import (build, build_augment, build_callbacks, build_loggers, build_
                     build_schedule, check_schedule)
 from .config import choices, differences, parallel_jobs, upgrade_config, validate
 from .data import SegDataset
-from .engine import (EarlyStopping, FitSettings, Trainer, resolve_channels_last, resolve_device, resolve_precision,
+from .engine import (BestTracker, EarlyStopping, FitSettings, Monitor, Trainer, resolve_channels_last, resolve_device, resolve_precision,
                      resolve_switch, resolve_threads, seed_everything)
 from .engine.device import cpu_name, usable_cores
 from .errors import CheckpointError, UserError
+from .metrics import class_keys
 from .scoring import EvalSettings, score_test
 from .plotting import plot_augmentations, plot_curves, plot_predictions
 from .provenance import provenance
@@ -145,6 +146,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     start = time.perf_counter()
     # 1. config: every run setting checked before any work
     validate(cfg)
+    evaluation = EvalSettings.from_config(cfg.eval)  # the evaluation layer owns the eval.* keys and their checks
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     device = resolve_device(str(cfg.trainer.device), HydraConfig.get().job.num if multirun else None)
     threads = resolve_threads(cfg.trainer.threads, concurrent_jobs())
@@ -184,7 +186,6 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     log.info("model: %s, %s parameters; precision %s, %s memory format", names["model"], f"{params:,}", precision,
              launch["memory_format"])
     # 4. engine
-    evaluation = EvalSettings.from_config(cfg.eval)
     settings = FitSettings(
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
         threshold=evaluation.working_threshold, seed=int(cfg.seed),
@@ -213,21 +214,18 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     early = trainer.callback(EarlyStopping)
     # 6. the run directory
     metrics = {
-        "status": "done", **result.metrics, "val/iou": _best_row(trainer.history, best.epoch).get("val/iou", math.nan),
-        "monitor": monitor.record(best.value, best.epoch), "best_epoch": best.epoch,
+        "status": "done", **result.metrics, **_best_epoch(trainer, best, monitor),
         "epochs": settings.epochs, "stopped_epoch": early.stopped_epoch if early else None, "params": params,
-        "train_time_s": trainer.train_time,
-        "images_per_s": trainer.train_images / trainer.train_time if trainer.train_time > 0 else math.nan,
-        "epoch_loop_s": loop_time if start_epoch == 1 else None,  # this launch's loop; with a resume, part of it
-        "data_load_s": load_time, "total_time_s": time.perf_counter() - start, "device": str(device),
-        "precision": precision, "memory_format": launch["memory_format"], "threads": threads,
-        "cpu": launch["cpu"], "cpu_native_bf16": launch["cpu_native_bf16"], "gpu": launch["gpu"],
+        **_timings(trainer, loop_time if start_epoch == 1 else None, load_time, time.perf_counter() - start),
+        **_how_it_ran(launch),
         **names, "image_size": dataset.image_size, "split_digest": split["digest"],
+        # the foreground classes (an axis of the results): test/iou_<class>, test/dice_<class>; [] when binary
+        "classes": class_keys(dataset.class_names, dataset.num_classes) if dataset.num_classes > 1 else [],
         "threshold": result.threshold,
         "definitions": {**result.definitions, "checkpoint": f"best {monitor.key} (epoch {best.epoch})"},
         "provenance": launch,
     }
-    run_dir.write_per_image(parts["test"].ids, result.rows, parts["test"].groups, dataset.group_key)
+    run_dir.write_per_image(parts["test"].ids, result.per_image, parts["test"].groups, dataset.group_key)
     run_dir.write_metrics(metrics)
     log.info("test (best epoch %d, threshold %.2f, %s resolution): iou %.4f  dice %.4f  iou_score %.4f  hd95 %.2f  "
              "loss %.4f", best.epoch, result.threshold, evaluation.resolution, metrics["test/iou"],
@@ -240,9 +238,27 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     return metrics
 
 
-def _best_row(history: list[dict], epoch: int) -> dict:
-    """The history row of ``epoch`` (empty when no epoch was best: every validation was NaN)."""
-    return next((row for row in history if int(row["epoch"]) == epoch), {})
+def _best_epoch(trainer: Trainer, best: BestTracker, monitor: Monitor) -> dict[str, Any]:
+    """metrics.json's record of the best epoch: its val IoU, the monitored value that chose it, its number."""
+    row = next((r for r in trainer.history if int(r["epoch"]) == best.epoch), {})  # {}: every validation NaN
+    return {"val/iou": row.get("val/iou", math.nan), "monitor": monitor.record(best.value, best.epoch),
+            "best_epoch": best.epoch}
+
+
+def _timings(trainer: Trainer, loop_time: float | None, load_time: float, total_time: float) -> dict[str, Any]:
+    """Where the run's time went: the training steps (``train_time_s``, over every launch), this launch's
+    epoch loop (None after a resume: it saw only part of the loop), the data load and the whole launch."""
+    return {"train_time_s": trainer.train_time,
+            "images_per_s": trainer.train_images / trainer.train_time if trainer.train_time > 0 else math.nan,
+            "epoch_loop_s": loop_time, "data_load_s": load_time, "total_time_s": total_time}
+
+
+def _how_it_ran(launch: dict) -> dict[str, Any]:
+    """How the maths ran, from this launch's provenance record: device, precision, memory format, threads,
+    CPU (and whether it has native bf16), GPU."""
+    return {"device": launch["device"], "precision": launch["precision"], "memory_format": launch["memory_format"],
+            "threads": launch["cpu_threads"], "cpu": launch["cpu"], "cpu_native_bf16": launch["cpu_native_bf16"],
+            "gpu": launch["gpu"]}
 
 
 def _last_state(run_dir: RunDir) -> dict | None:

@@ -15,13 +15,12 @@ import argparse
 import io
 import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import SegbenchError
+from .errors import SegbenchError, command
 from .runs.atomic import atomic_file
 from .runs.checkpoint import load_checkpoint
 from .runs import find_runs
@@ -90,22 +89,19 @@ def upgrade_run(run_dir: Path) -> list[str]:
     return done
 
 
+@command("segbench.upgrade_checkpoints", catch=(FileNotFoundError,))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segbench.upgrade_checkpoints", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run dirs, or sweep dirs holding them")
     args = parser.parse_args(argv)
-    try:
-        runs = find_runs(args.paths)
-        extra = [Path(p) for p in args.paths if (Path(p) / "checkpoints").is_dir()]
-        dirs = sorted({r.path for r in runs} | set(extra))
-        if not dirs:
-            raise SegbenchError(f"no run directories under {', '.join(args.paths)}")
-        for run_dir in dirs:
-            for line in upgrade_run(run_dir):
-                print(line)
-    except (SegbenchError, FileNotFoundError) as exc:
-        print(f"segbench.upgrade_checkpoints: error: {exc}", file=sys.stderr)
-        return 2
+    runs = find_runs(args.paths)
+    extra = [Path(p) for p in args.paths if (Path(p) / "checkpoints").is_dir()]
+    dirs = sorted({r.path for r in runs} | set(extra))
+    if not dirs:
+        raise SegbenchError(f"no run directories under {', '.join(args.paths)}")
+    for run_dir in dirs:
+        for line in upgrade_run(run_dir):
+            print(line)
     return 0
 
 

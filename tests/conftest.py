@@ -36,6 +36,18 @@ TINY = [
 ]
 
 
+def tiny_data(n=4, size=8):
+    """``n`` random uint8 images (and random binary masks) of ``size`` x ``size``, seeded."""
+    import torch
+
+    from segbench.data import SegArrays
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    masks = (torch.rand(n, 1, size, size, generator=g) > 0.5).to(torch.uint8)
+    return SegArrays(images, masks, [f"C{i}" for i in range(n)])
+
+
 compose_cfg = compose_config  # conf/config.yaml composed as the CLI would, without running the job
 
 

@@ -67,7 +67,7 @@ def test_ph2_cache_hit(fake_ph2, tmp_path):
     assert second.cache_hit is True and torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
     # same layout too, so that the normaliser (and everything after it) computes bit-identically
     assert a.images.stride() == b.images.stride() and a.images.is_contiguous()
-    assert Normalizer.fit(a.images).mean == Normalizer.fit(b.images).mean
+    assert Normalizer.fit(a.images).mean == Normalizer.fit(b.images).mean  # lists, as checkpoints store them
     other_size = PH2(fake_ph2, image_size=24, cache_dir=tmp_path / "cache")
     other_size.arrays
     assert other_size.cache_hit is False

@@ -68,7 +68,7 @@ def test_a_three_class_run_reports_every_class(tmp_path):
     metrics = run(compose_cfg([*TINY, "dataset.num_classes=3", "dataset.num_cases=16", f"output_dir={out}",
                                "eval.postprocess=largest"]))
     classes = ("iou_lesion", "dice_lesion", "iou_core", "dice_core")
-    assert all(f"test/{k}" in metrics for k in classes)
+    assert metrics["classes"] == ["lesion", "core"] and all(f"test/{k}" in metrics for k in classes)
     assert metrics["test/iou"] == pytest.approx((metrics["test/iou_lesion"] + metrics["test/iou_core"]) / 2)
     history = list(csv.DictReader(open(out / "history.csv")))
     assert all(f"val/{k}" in history[0] for k in classes) and "val/iou_score" not in history[0]
@@ -90,3 +90,17 @@ def test_a_three_class_run_reports_every_class(tmp_path):
     assert set(np.unique(np.asarray(Image.open(tmp_path / "pred/new.png")))) <= {0, 1, 2}
     with pytest.raises(UserError, match="model.num_classes=1 but the dataset has num_classes=3"):
         run(compose_cfg([*TINY, "dataset.num_classes=3", "model.num_classes=1", f"output_dir={tmp_path / 'bad'}"]))
+
+
+def test_the_classes_are_an_axis_not_a_key_prefix():
+    """The report reads a run's classes from metrics.json, so a metric named like dice_<x> is no class."""
+    from segbench.report.collect import class_metrics
+
+    binary = {"classes": [], "test/iou": 0.8, "test/dice_micro": 0.9, "test/dice_boundary": 0.7}
+    assert class_metrics(binary) == {}
+    three = {"classes": ["lesion", "core"], "test/iou_lesion": 0.8, "test/dice_lesion": 0.9, "test/iou_core": 0.4,
+             "test/dice_core": 0.5, "test/dice_boundary": 0.7}
+    assert class_metrics(three) == {"test/iou_lesion": 0.8, "test/dice_lesion": 0.9, "test/iou_core": 0.4,
+                                    "test/dice_core": 0.5}
+    before_0_2 = {k: v for k, v in three.items() if k not in ("classes", "test/dice_boundary")}  # by prefix
+    assert class_metrics(before_0_2) == class_metrics(three)

@@ -112,3 +112,16 @@ def test_onnx_without_its_packages_names_the_extra(trained_run, tmp_path, monkey
     assert "needs the package 'onnxruntime', which is not installed: pip install \"segbench[export]\"" in \
         capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_exported_network_normalises_as_the_trainer_does():
+    """One formula: a run's network for prediction and export (Normalized) gives the trainer's logits."""
+    from segbench.engine import Normalizer
+    from segbench.inference import Normalized
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 12, 12), dtype=torch.uint8)
+    normalizer = Normalizer.fit(images)
+    model = torch.nn.Conv2d(3, 1, 3, padding=1)
+    with torch.no_grad():
+        assert torch.equal(Normalized(model, normalizer)(images.float() / 255), model(normalizer(images)))

@@ -5,7 +5,7 @@ import pytest
 
 from segbench.data import SyntheticDermoscopy
 from segbench.errors import UserError
-from segbench.splits import Holdout, split_digest
+from segbench.splits import Holdout, KFold, split_digest
 
 IDS = [f"C{i:03d}" for i in range(200)]
 GROUPS = ["a"] * 80 + ["b"] * 80 + ["c"] * 40
@@ -53,3 +53,38 @@ def test_split_larger_than_dataset_names_the_numbers():
 def test_holdout_rejects_bad_sizes(sizes):
     with pytest.raises(UserError, match=r"^sizes=.* is invalid; expected three integers >= 1"):
         Holdout(sizes)
+
+
+# -- k-fold --------------------------------------------------------------------------------------------
+
+
+def test_kfold_test_parts_are_disjoint_and_cover_every_case():
+    folds = [KFold(5, f).make(IDS, GROUPS) for f in range(5)]
+    tests = [set(f["test"]) for f in folds]
+    assert set().union(*tests) == set(IDS) and sum(map(len, tests)) == 200
+    for f in folds:
+        assert not set(f["train"]) & set(f["val"]) and not (set(f["train"]) | set(f["val"])) & set(f["test"])
+        assert [len(f[p]) for p in ("train", "val", "test")] == [120, 40, 40]
+        assert f["strategy"] == "kfold" and f["k"] == 5
+    assert len({f["digest"] for f in folds}) == 5
+    assert KFold(5, 2).make(list(reversed(IDS)), list(reversed(GROUPS))) == folds[2]  # deterministic
+
+
+def test_kfold_parts_are_stratified_within_one_case():
+    label = dict(zip(IDS, GROUPS))
+    for fold in range(5):
+        split = KFold(5, fold, seed=3).make(IDS, GROUPS)
+        for part, n in (("test", 40), ("val", 40)):
+            counts = collections.Counter(label[c] for c in split[part])
+            for group, total in collections.Counter(GROUPS).items():
+                assert abs(counts[group] - total * n / 200) <= 1, (fold, part, group, counts)
+
+
+def test_kfold_settings_are_checked():
+    with pytest.raises(ValueError, match=r"^fold=5 is invalid; expected an integer >= 0 and <= 4"):
+        KFold(5, 5)
+    with pytest.raises(ValueError, match="^k=1 is invalid"):
+        KFold(1, 0)
+    with pytest.raises(ValueError, match="train would be empty"):
+        KFold(2, 0, val_size=5).make(IDS[:10])
+    assert Holdout().make(IDS, GROUPS)["digest"] == Holdout().make(IDS, GROUPS)["digest"]

@@ -1,5 +1,5 @@
-"""The report's statistics against scipy called directly, on hand-made per-image tables; k-fold splits."""
-import collections
+"""The report's statistics against scipy called directly, on hand-made per-image tables (report/stats.py,
+report/pooling.py), and its plot labels."""
 import math
 
 import numpy as np
@@ -7,7 +7,6 @@ import pytest
 from scipy import stats as sps
 
 from segbench.report.pooling import Pooled, statistics
-from segbench.splits import Holdout, KFold
 from segbench.report.stats import bootstrap_ci, holm, paired, wilcoxon_p
 
 RNG = np.random.default_rng(7)
@@ -89,43 +88,6 @@ def test_runs_of_other_split_definitions_and_incomplete_ones_are_not_paired():
     assert rows["f / bce"].distinguishable == "not compared"
     assert any("not paired" in n and "holdout split abc" in n for n in result["notes"])
     assert any("incomplete" in n for n in result["notes"])
-
-
-# -- k-fold --------------------------------------------------------------------------------------------
-IDS = [f"C{i:03d}" for i in range(200)]
-GROUPS = ["a"] * 80 + ["b"] * 80 + ["c"] * 40
-
-
-def test_kfold_test_parts_are_disjoint_and_cover_every_case():
-    folds = [KFold(5, f).make(IDS, GROUPS) for f in range(5)]
-    tests = [set(f["test"]) for f in folds]
-    assert set().union(*tests) == set(IDS) and sum(map(len, tests)) == 200
-    for f in folds:
-        assert not set(f["train"]) & set(f["val"]) and not (set(f["train"]) | set(f["val"])) & set(f["test"])
-        assert [len(f[p]) for p in ("train", "val", "test")] == [120, 40, 40]
-        assert f["strategy"] == "kfold" and f["k"] == 5
-    assert len({f["digest"] for f in folds}) == 5
-    assert KFold(5, 2).make(list(reversed(IDS)), list(reversed(GROUPS))) == folds[2]  # deterministic
-
-
-def test_kfold_parts_are_stratified_within_one_case():
-    label = dict(zip(IDS, GROUPS))
-    for fold in range(5):
-        split = KFold(5, fold, seed=3).make(IDS, GROUPS)
-        for part, n in (("test", 40), ("val", 40)):
-            counts = collections.Counter(label[c] for c in split[part])
-            for group, total in collections.Counter(GROUPS).items():
-                assert abs(counts[group] - total * n / 200) <= 1, (fold, part, group, counts)
-
-
-def test_kfold_settings_are_checked():
-    with pytest.raises(ValueError, match=r"^fold=5 is invalid; expected an integer >= 0 and <= 4"):
-        KFold(5, 5)
-    with pytest.raises(ValueError, match="^k=1 is invalid"):
-        KFold(1, 0)
-    with pytest.raises(ValueError, match="train would be empty"):
-        KFold(2, 0, val_size=5).make(IDS[:10])
-    assert Holdout().make(IDS, GROUPS)["digest"] == Holdout().make(IDS, GROUPS)["digest"]
 
 
 def test_plot_labels_of_long_overrides_are_shortened_and_wrapped():

@@ -19,7 +19,7 @@ from PIL import Image
 from skimage import io as skio
 from skimage.transform import resize
 
-from ..errors import DataError
+from ..errors import DataError, describe
 from ..runs.atomic import save_npz
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         return np.asarray(skio.imread(path))
     except Exception as exc:  # decoder errors vary by format and plugin
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # decoders add advice lines
-        raise DataError(f"cannot read image file '{path}': {reason}") from exc
+        raise DataError(f"cannot read image file '{path}': {describe(exc)}") from exc  # decoders add advice lines
 
 
 LOSSY_SUFFIXES = {".jpg", ".jpeg"}
@@ -87,7 +86,7 @@ def _read_class_mask(path: Path, num_classes: int) -> np.ndarray:
         with Image.open(path) as im:  # PIL, not scikit-image: a palette PNG must give indices, not colours
             mask = np.asarray(im)
     except Exception as exc:
-        raise DataError(f"cannot read mask file '{path}': {exc}") from exc
+        raise DataError(f"cannot read mask file '{path}': {describe(exc)}") from exc
     if mask.ndim != 2:
         raise DataError(f"mask '{path}' has shape {mask.shape}; a multi-class mask must be a single-channel "
                         "image of class indices (grayscale or palette PNG)")
@@ -190,8 +189,8 @@ def load_cases(
             log.info("%s: %d cases from cache %s", name, len(cases), cache)
             return images, masks, True
         except Exception as exc:  # a truncated zip, other arrays, missing keys: derived data, so rebuild
-            log.warning("%s: the cache file '%s' cannot be used (%s: %s); rebuilding it from the image files",
-                        name, cache, type(exc).__name__, exc)
+            log.warning("%s: the cache file '%s' cannot be used (%s); rebuilding it from the image files",
+                        name, cache, describe(exc))
     log.info("%s: decoding and resizing %d cases", name, len(cases))
     with ThreadPoolExecutor(max(1, workers)) as pool:
         out = list(pool.map(lambda c: load_case(c[1], c[2], size, num_classes), cases))

@@ -19,13 +19,10 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
-
 from ..errors import DataError
 from ..validation import check_int
-from .arrays import IMAGE_SUFFIXES, Case, cache_key, image_files, load_cases, read_case, read_mask
-from .base import SegArrays, SegDataset
+from .arrays import IMAGE_SUFFIXES, Case, image_files
+from .files import FileDataset
 
 STEM = "{stem}"
 
@@ -52,7 +49,7 @@ def _folder(root: Path, sub: str, key: str) -> Path:
     return folder
 
 
-class Folder(SegDataset):
+class Folder(FileDataset):
     """Images and masks read from folders, preprocessed to ``image_size`` and cached as PH2 is.
 
     Args:
@@ -73,10 +70,9 @@ class Folder(SegDataset):
                  image_pattern: str = "*", num_classes: int = 1, class_names: Sequence[str] | None = None,
                  groups: str | None = None, image_size: int = 256, cache_dir: str | None = None,
                  workers: int = 4, name: str = "folder") -> None:
-        super().__init__(image_size)
         if root is None or str(root) in ("", "???"):
             raise DataError("dataset.root is not set; expected the dataset's folder (dataset.root=/path/to/data)")
-        self.root = Path(str(root)).expanduser()
+        super().__init__(root, image_size, cache_dir, workers)
         self.images_sub, self.masks_sub = str(images), str(masks)
         self.image_pattern = str(image_pattern)
         self.mask_pattern = str(mask_pattern)
@@ -92,11 +88,7 @@ class Folder(SegDataset):
             raise DataError(f"dataset.class_names has {len(names)} names; expected num_classes={self.num_classes}")
         self.class_names = names if self.num_classes > 1 else None
         self.groups_file = None if groups in (None, "") else str(groups)
-        self.cache_dir = Path(str(cache_dir)).expanduser() if cache_dir else None
-        self.workers = max(1, int(workers))
         self.name = str(name)
-        self.cache_hit: bool | None = None
-        self._mask_files: dict[str, Path] = {}
 
     def describe(self) -> str:
         return f"{self.name} ({self.root})"
@@ -108,13 +100,9 @@ class Folder(SegDataset):
                             f"{self.name} dataset's folder (with '{self.images_sub}' and '{self.masks_sub}' in it)")
         return self.root
 
-    def find_cases(self, problems: list[str] | None = None) -> list[Case]:
-        """(case id, image file, mask file) of every image with its mask, sorted by id.
-
-        Images without a mask, masks without an image, two images with one stem and a stem with
-        several masks are errors naming them (all of them in ``problems`` when a list is given;
-        those cases are then left out).
-        """
+    def _files(self) -> tuple[Path, Path, list[Path], list[Path]]:
+        """The images folder, the masks folder, its image files (``image_pattern``) and its mask files
+        (``mask_pattern``); none of either is an error saying what the patterns expected."""
         root = self._root()
         images_dir = _folder(root, self.images_sub, "images")
         masks_dir = _folder(root, self.masks_sub, "masks")
@@ -133,6 +121,17 @@ class Folder(SegDataset):
             raise DataError(f"no file of the masks folder '{masks_dir}' matches dataset.mask_pattern="
                             f"'{self.mask_pattern}': e.g. image '{images[0].name}' looks for "
                             f"'{self.mask_pattern.replace(STEM, images[0].stem)}', but {holds}")
+        return images_dir, masks_dir, images, masks
+
+    def find_cases(self, problems: list[str] | None = None) -> list[Case]:
+        """(case id, image file, mask file) of every image with its mask, sorted by id.
+
+        Images without a mask, masks without an image, two images with one stem and a stem with
+        several masks are errors naming them (all of them in ``problems`` when a list is given;
+        those cases are then left out).
+        """
+        images_dir, masks_dir, images, masks = self._files()
+        stem_of = _stem_regex(self.mask_pattern)
         by_stem: dict[str, list[Path]] = {}  # masks by the image stem their name gives
         for m in masks:
             by_stem.setdefault(stem_of.fullmatch(m.name).group("stem").lower(), []).append(m)
@@ -187,41 +186,3 @@ class Folder(SegDataset):
             raise DataError(f"dataset.groups: '{path}' has no group for {len(missing)} case(s), e.g. "
                             f"{', '.join(missing[:3])}; every case needs one")
         return [table[c] for c in ids]
-
-    # -- SegDataset ---------------------------------------------------------
-    def case_ids(self) -> list[str]:
-        return [c for c, _, _ in self.find_cases()]
-
-    def original_masks(self, ids: Sequence[str]) -> list[np.ndarray]:
-        """The masks at their files' resolution: (H0, W0) bool (binary) or class indices."""
-        self.arrays  # noqa: B018  (lists the case files)
-        return [read_mask(self._mask_files[c], self.num_classes) for c in ids]
-
-    def check(self) -> tuple[list[str], int]:
-        problems: list[str] = []
-        try:
-            cases = self.find_cases(problems)
-            self.read_groups([c for c, _, _ in cases])
-        except DataError as exc:
-            return problems + [str(exc)], 0
-        readable = 0
-        for _, image, mask in cases:
-            try:
-                read_case(image, mask, self.num_classes)
-                readable += 1
-            except DataError as exc:
-                problems.append(str(exc))
-        return problems, readable
-
-    def load_arrays(self) -> SegArrays:
-        cases = self.find_cases()
-        ids = [c for c, _, _ in cases]
-        groups = self.read_groups(ids)
-        self._mask_files = {c: m for c, _, m in cases}
-        cache = None
-        if self.cache_dir is not None:
-            key = cache_key(cases, self.image_size, self.num_classes)
-            cache = self.cache_dir / f"{self.name}-{self.image_size}px-{key}.npz"
-        images, masks, self.cache_hit = load_cases(cases, self.image_size, cache, self.workers, self.name,
-                                                   self.num_classes)
-        return SegArrays(torch.from_numpy(images), torch.from_numpy(masks), ids, groups)

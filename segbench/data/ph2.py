@@ -20,12 +20,9 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
-
 from ..errors import DataError
-from .arrays import Case, cache_key, image_files, load_cases, read_case, read_mask
-from .base import SegArrays, SegDataset
+from .arrays import Case, image_files
+from .files import FileDataset
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +106,7 @@ def read_diagnosis(root: str | os.PathLike) -> dict[str, str]:
     return {}
 
 
-class PH2(SegDataset):
+class PH2(FileDataset):
     """The PH2 database, preprocessed to ``image_size`` and cached in ``cache_dir``.
 
     Groups are the clinical diagnosis (common_nevus, atypical_nevus, melanoma), used
@@ -122,57 +119,29 @@ class PH2(SegDataset):
         workers: threads used to decode and resize on a cache miss.
     """
 
+    name = "PH2"
+    cache_prefix = "ph2"
     group_key = "diagnosis"
     group_order = DIAGNOSES
 
     def __init__(self, root: str, image_size: int = 256, cache_dir: str | None = None, workers: int = 4) -> None:
-        super().__init__(image_size)
-        self.root = Path(str(root)).expanduser()
-        self.cache_dir = Path(str(cache_dir)).expanduser() if cache_dir else None
-        self.workers = max(1, int(workers))
-        self.cache_hit: bool | None = None
-        self._mask_files: dict[str, Path] = {}
+        super().__init__(root, image_size, cache_dir, workers)
 
     def describe(self) -> str:
         return f"PH2 ({self.root})"
 
-    def original_masks(self, ids: Sequence[str]) -> list[np.ndarray]:
-        """The expert masks at their original resolution, (H0, W0) bool each, read from the files."""
-        self.arrays  # noqa: B018  (lists the case files)
-        return [read_mask(self._mask_files[case]) for case in ids]
-
-    def case_ids(self) -> list[str]:
-        return [c for c, _, _ in find_cases(self.root)[0]]
-
-    def check(self) -> tuple[list[str], int]:
-        """Every problem of the dataset at once (layout, unreadable files, bad masks), without training."""
-        problems: list[str] = []
-        try:
-            cases, images_dir = find_cases(self.root, problems)
-        except DataError as exc:
-            return [str(exc)], 0
+    def find_cases(self, problems: list[str] | None = None) -> list[Case]:
+        cases, images_dir = find_cases(self.root, problems)
         if not cases and not problems:
-            return [f"no PH2 case folders found under '{images_dir}'; {LAYOUT_HELP}"], 0
-        readable = 0
-        for _, image, mask in cases:
-            try:
-                read_case(image, mask)
-                readable += 1
-            except DataError as exc:
-                problems.append(str(exc))
-        return problems, readable
+            raise DataError(f"no PH2 case folders found under '{images_dir}'; {LAYOUT_HELP}")
+        return cases
 
-    def load_arrays(self) -> SegArrays:
-        cases, _ = find_cases(self.root)
-        ids = [c for c, _, _ in cases]
-        self._mask_files = {c: m for c, _, m in cases}
+    def read_groups(self, ids: Sequence[str]) -> list[str] | None:
+        """The diagnosis of each case from PH2_dataset.txt; None (unstratified, with a warning) when the
+        table is absent or lacks cases."""
         table = read_diagnosis(self.root)
-        groups = [table[c] for c in ids] if table and all(c in table for c in ids) else None
-        if table and groups is None:
+        if table and not all(c in table for c in ids):
             missing = [c for c in ids if c not in table][:5]
             log.warning("%s lacks cases %s...; the split is not stratified", DIAGNOSIS_FILE, missing)
-        cache = None
-        if self.cache_dir is not None:
-            cache = self.cache_dir / f"ph2-{self.image_size}px-{cache_key(cases, self.image_size)}.npz"
-        images, masks, self.cache_hit = load_cases(cases, self.image_size, cache, self.workers, name="PH2")
-        return SegArrays(torch.from_numpy(images), torch.from_numpy(masks), ids, groups)
+            return None
+        return [table[c] for c in ids] if table else None

@@ -9,12 +9,12 @@ from .device import (
     resolve_switch, resolve_threads,
 )
 from .loop import FitSettings, OutOfMemory, Trainer, TrainingDiverged, seed_everything
-from .normalize import Normalizer
+from .normalize import Normalize, Normalizer
 from .schedule import Poly, Schedule, WarmupCosine
 
 __all__ = [
     "AUTOCAST_DTYPES", "PRECISIONS", "EMA", "EarlyStopping", "GradClip", "BestTracker", "Callback", "Checkpointer", "EpochLogger", "FitSettings",
-    "HistoryWriter", "Monitor", "Normalizer", "TimeEstimate", "OutOfMemory", "Poly", "ProgressBar", "Schedule", "Trainer", "TrainingDiverged",
+    "HistoryWriter", "Monitor", "Normalize", "Normalizer", "TimeEstimate", "OutOfMemory", "Poly", "ProgressBar", "Schedule", "Trainer", "TrainingDiverged",
     "WarmupCosine", "autocast", "seed_everything", "maybe_compile", "resolve_channels_last", "resolve_device",
     "resolve_precision", "resolve_switch", "resolve_threads",
 ]

@@ -15,46 +15,64 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
+from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from ..data import SegArrays
 from ..runs import RunDir
 from ..validation import check_choice, check_int, check_number
 
-if TYPE_CHECKING:
-    from .loop import Trainer
-
 log = logging.getLogger("segbench.train")
+
+
+class TrainerView(Protocol):
+    """What a callback sees of the training loop (:class:`segbench.engine.loop.Trainer` is the one
+    implementation): callbacks read these and write only ``averaged`` (EMA) and ``stop_requested``
+    (early stopping). Named here so that callbacks do not import the loop that calls them."""
+
+    settings: Any                          # FitSettings: epochs, batch size, threshold, class names, ...
+    module: nn.Module                      # the network being trained
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler           # enabled under fp16 only
+    history: list[dict[str, float]]        # one row per epoch so far (history.csv)
+    val: SegArrays | None                  # the val split on the device, while fitting
+    averaged: nn.Module | None             # set by a callback that averages the weights (EMA)
+    stop_requested: bool                   # set by a callback to end training after this epoch
+
+    def state(self, epoch: int) -> dict: ...
+
+    def predict(self, data: SegArrays) -> torch.Tensor: ...
 
 
 class Callback:
     """Hooks of the training loop; every one does nothing unless overridden."""
 
-    def setup(self, trainer: "Trainer") -> None:
+    def setup(self, trainer: TrainerView) -> None:
         """When the trainer is made (before a resume restores any state)."""
 
-    def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None: ...
+    def on_fit_start(self, trainer: TrainerView, start_epoch: int) -> None: ...
 
-    def on_train_epoch_start(self, trainer: "Trainer", epoch: int, batches: int) -> None: ...
+    def on_train_epoch_start(self, trainer: TrainerView, epoch: int, batches: int) -> None: ...
 
-    def on_before_optimizer_step(self, trainer: "Trainer") -> None:
+    def on_before_optimizer_step(self, trainer: TrainerView) -> None:
         """After the backward pass, before the optimizer steps (gradients are scaled under fp16)."""
 
-    def on_train_batch_end(self, trainer: "Trainer", batch: int, running_loss: Callable[[], float]) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, batch: int, running_loss: Callable[[], float]) -> None:
         """After each optimizer step; ``running_loss()`` reads the epoch's mean loss so far (a host sync)."""
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, float]) -> None:
         """After validation; ``row`` is the epoch's history row, already appended to ``trainer.history``."""
 
-    def on_fit_end(self, trainer: "Trainer") -> None: ...
+    def on_fit_end(self, trainer: TrainerView) -> None: ...
 
-    def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, exc: BaseException) -> None:
         """Training stops with ``exc`` (an error, or Ctrl-C); it is raised again after every callback."""
 
-    def on_run_end(self, trainer: "Trainer", metrics: dict, run_dir: RunDir) -> None:
+    def on_run_end(self, trainer: TrainerView, metrics: dict, run_dir: RunDir) -> None:
         """After the test step, once metrics.json and the plots are in ``run_dir`` (loggers send them on)."""
 
     def state_dict(self) -> dict | None:
@@ -104,7 +122,7 @@ class BestTracker(Callback):
         self.epoch, self.value = 0, self.monitor.worst
         self.improved = False
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, float]) -> None:
         value = row[self.monitor.key]  # NaN on an epoch that was not validated (trainer.val_every): never the best
         self.improved = self.monitor.better(value, self.value)
         if self.improved:
@@ -124,7 +142,7 @@ class GradClip(Callback):
     def __init__(self, max_norm: float) -> None:
         self.max_norm = check_number("callbacks.grad_clip.max_norm", max_norm, 0, low_open=True)
 
-    def on_before_optimizer_step(self, trainer: "Trainer") -> None:
+    def on_before_optimizer_step(self, trainer: TrainerView) -> None:
         trainer.scaler.unscale_(trainer.optimizer)
         torch.nn.utils.clip_grad_norm_(trainer.module.parameters(), self.max_norm)
 
@@ -147,12 +165,12 @@ class EMA(Callback):
         self.module: torch.nn.Module | None = None
         self.steps = 0  # optimizer steps averaged so far
 
-    def setup(self, trainer: "Trainer") -> None:
+    def setup(self, trainer: TrainerView) -> None:
         self.module = copy.deepcopy(trainer.module).eval()
         self.module.requires_grad_(False)
         trainer.averaged = self.module
 
-    def on_train_batch_end(self, trainer: "Trainer", batch: int, running_loss: Callable[[], float]) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, batch: int, running_loss: Callable[[], float]) -> None:
         averaged = [*self.module.parameters(), *self.module.buffers()]
         trained = [t.detach() for t in (*trainer.module.parameters(), *trainer.module.buffers())]
         with torch.no_grad():
@@ -187,10 +205,10 @@ class EarlyStopping(Callback):
         self.monitor = monitor if isinstance(monitor, Monitor) else Monitor(monitor, mode)
         self.best, self.wait, self.stopped_epoch = self.monitor.worst, 0, None
 
-    def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None:
+    def on_fit_start(self, trainer: TrainerView, start_epoch: int) -> None:
         trainer.stop_requested = self.stopped_epoch is not None  # a resumed run that had already stopped
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, float]) -> None:
         value = row[self.monitor.key]
         if math.isnan(value):
             return  # not validated (trainer.val_every): patience counts validations
@@ -217,11 +235,11 @@ class HistoryWriter(Callback):
     def __init__(self, run_dir: RunDir) -> None:
         self.run_dir = run_dir
 
-    def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None:
+    def on_fit_start(self, trainer: TrainerView, start_epoch: int) -> None:
         if trainer.history:
             self.run_dir.write_history(trainer.history)
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, float]) -> None:
         self.run_dir.write_history(trainer.history)
 
 
@@ -233,14 +251,14 @@ class Checkpointer(Callback):
     def __init__(self, run_dir: RunDir, best: BestTracker, config: dict | None = None) -> None:
         self.run_dir, self.best, self.config = run_dir, best, config or {}
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, float]) -> None:
         state = {**trainer.state(int(row["epoch"])), "config": self.config}
         self.run_dir.save_checkpoint(state, best=self.best.improved)
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         self.run_dir.wait_for_checkpoints()
 
-    def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, exc: BaseException) -> None:
         try:  # the last good epoch reaches the disk before the error goes on
             self.run_dir.wait_for_checkpoints()
         except Exception as write_error:  # the original error matters more; report this one
@@ -250,7 +268,7 @@ class Checkpointer(Callback):
 class EpochLogger(Callback):
     """One log line per epoch (train.log and the console)."""
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, float]) -> None:
         if math.isnan(row["val/iou"]):  # not validated (trainer.val_every)
             log.info("epoch %d/%d  lr %.2e  train/loss %.4f  train/iou %.4f  (%.1fs)", row["epoch"],
                      trainer.settings.epochs, row["lr"], row["train/loss"], row["train/iou"], row["time"])
@@ -289,12 +307,12 @@ class TimeEstimate(Callback):
         self.epochs_done = self.batches = 0
         self.hinted = False
 
-    def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None:
+    def on_fit_start(self, trainer: TrainerView, start_epoch: int) -> None:
         self.start, self.start_epoch, self.epochs_done = time.perf_counter(), start_epoch, 0
         if self.every is None:
             self.every = max(1, trainer.settings.epochs // 10)
 
-    def on_train_batch_end(self, trainer: "Trainer", batch: int, running_loss: Callable[[], float]) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, batch: int, running_loss: Callable[[], float]) -> None:
         if self.slow_hint is None or self.hinted or self.epochs_done:
             return
         if batch == 1:  # the first batch pays for warm-up (allocation, autotuning): measured from its end
@@ -304,10 +322,10 @@ class TimeEstimate(Callback):
             left = trainer.settings.epochs - self.start_epoch + 1
             self._hint(per_batch * self.batches * left)
 
-    def on_train_epoch_start(self, trainer: "Trainer", epoch: int, batches: int) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, epoch: int, batches: int) -> None:
         self.batches = batches
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, float]) -> None:
         self.epochs_done += 1
         epoch, total = int(row["epoch"]), trainer.settings.epochs
         left = total - epoch
@@ -335,24 +353,24 @@ class ProgressBar(Callback):
         self.epochs: Any = None
         self.batches: Any = None
 
-    def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None:
+    def on_fit_start(self, trainer: TrainerView, start_epoch: int) -> None:
         total = trainer.settings.epochs
         self.epochs = tqdm(total=total, initial=start_epoch - 1, desc="epochs", dynamic_ncols=True)
 
-    def on_train_epoch_start(self, trainer: "Trainer", epoch: int, batches: int) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, epoch: int, batches: int) -> None:
         self.batches = tqdm(total=batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
 
-    def on_before_optimizer_step(self, trainer: "Trainer") -> None:
+    def on_before_optimizer_step(self, trainer: TrainerView) -> None:
         """After the backward pass, before the optimizer steps (gradients are scaled under fp16)."""
 
-    def on_train_batch_end(self, trainer: "Trainer", batch: int, running_loss: Callable[[], float]) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, batch: int, running_loss: Callable[[], float]) -> None:
         self.batches.update()
         if batch % self.log_every == 0 or batch == self.batches.total:
             self.batches.set_postfix(loss=f"{running_loss():.4f}")
         if batch == self.batches.total:
             self.batches.close()
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, float]) -> None:
         if not math.isnan(row["val/iou"]):  # a validated epoch (trainer.val_every)
             postfix = {"val/iou": f"{row['val/iou']:.3f}"}
             if self.best is not None:
@@ -365,8 +383,8 @@ class ProgressBar(Callback):
             if bar is not None:
                 bar.close()
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         self._close()
 
-    def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, exc: BaseException) -> None:
         self._close()

@@ -294,7 +294,7 @@ class Trainer:
             "val/dice": val_stats["dice"],
             "time": time.perf_counter() - start,
             # multi-class: each foreground class's val IoU and Dice (after the columns every run has)
-            **{f"val/{k}": v for k, v in val_stats.items() if k.startswith(("iou_", "dice_")) and k != "iou_score"},
+            **{key: val_stats[key.split("/", 1)[1]] for key in val_columns(self.settings.class_names)[3:]},
         }
         with deferred():  # a signal stops the run after the epoch's row, best epoch and checkpoint snapshot
             if self.schedule is not None:

@@ -3,7 +3,8 @@
 Each is a training-loop callback (:class:`segbench.engine.Callback`); the run directory's own files are
 written whatever the loggers do, and a logger that fails warns once and stops, while training goes on.
 """
-from .base import Logger, flatten
+from ..config import flatten
+from .base import Logger
 from .mlflow import MLflowLogger
 from .tensorboard import TensorBoardLogger
 

@@ -1,26 +1,17 @@
-"""What every logger shares: failures that warn once instead of stopping training, and the flat config."""
+"""What every logger shares: failures that warn once instead of stopping training, and the flat config
+(:func:`segbench.config.flatten`)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..engine import Callback
+from ..engine.callbacks import TrainerView
+from ..errors import describe
 from ..runs import RunDir
 
-if TYPE_CHECKING:
-    from ..engine import Trainer
 
 log = logging.getLogger("segbench.train")
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``{"optimizer.lr": 0.001, ...}``; lists are kept whole (as text by the loggers)."""
-    if not isinstance(config, dict):
-        return {prefix.rstrip("."): config}
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        out.update(flatten(value, f"{prefix}{key}."))
-    return out
 
 
 class Logger(Callback):
@@ -47,28 +38,28 @@ class Logger(Callback):
             fn(*args)
         except Exception as exc:  # any failure of a tracking backend must not cost the run
             self.failed = True
-            log.warning("logger %s failed while %s (%s: %s); training goes on without it, and the run "
-                        "directory is written as always", self.name, what, type(exc).__name__, exc)
+            log.warning("logger %s failed while %s (%s); training goes on without it, and the run "
+                        "directory is written as always", self.name, what, describe(exc))
 
     # hooks of the training loop, guarded
-    def on_fit_start(self, trainer: "Trainer", start_epoch: int) -> None:
+    def on_fit_start(self, trainer: TrainerView, start_epoch: int) -> None:
         self._guard("starting", self.start, trainer, start_epoch)
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, float]) -> None:
         self._guard(f"logging epoch {int(row['epoch'])}", self.log_epoch, trainer, row)
 
-    def on_run_end(self, trainer: "Trainer", metrics: dict, run_dir: RunDir) -> None:
+    def on_run_end(self, trainer: TrainerView, metrics: dict, run_dir: RunDir) -> None:
         self._guard("logging the test results", self.finish, trainer, metrics)
 
-    def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, exc: BaseException) -> None:
         self._guard("closing after an error", self.abort, exc)
 
     # what a logger does
-    def start(self, trainer: "Trainer", start_epoch: int) -> None: ...
+    def start(self, trainer: TrainerView, start_epoch: int) -> None: ...
 
-    def log_epoch(self, trainer: "Trainer", row: dict[str, float]) -> None: ...
+    def log_epoch(self, trainer: TrainerView, row: dict[str, float]) -> None: ...
 
-    def finish(self, trainer: "Trainer", metrics: dict) -> None: ...
+    def finish(self, trainer: TrainerView, metrics: dict) -> None: ...
 
     def abort(self, exc: BaseException) -> None: ...
 

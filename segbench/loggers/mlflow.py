@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..extras import require
-from .base import Logger, final_metrics, flatten
+from ..config import flatten
+from ..engine.callbacks import TrainerView
+from .base import Logger, final_metrics
 
-if TYPE_CHECKING:
-    from ..engine import Trainer
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # MLflow retries an unreachable server for minutes by default; a logger should give up soon and warn
@@ -62,7 +62,7 @@ class MLflowLogger(Logger):
             return str(HydraConfig.get().sweep.dir)
         return None
 
-    def start(self, trainer: "Trainer", start_epoch: int) -> None:
+    def start(self, trainer: TrainerView, start_epoch: int) -> None:
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
         from mlflow.entities import Param
@@ -100,11 +100,11 @@ class MLflowLogger(Logger):
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
-    def log_epoch(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def log_epoch(self, trainer: TrainerView, row: dict[str, float]) -> None:
         # NaN: an epoch that was not validated (trainer.val_every)
         self._log_metrics({k: v for k, v in row.items() if k != "epoch" and v == v}, int(row["epoch"]))
 
-    def finish(self, trainer: "Trainer", metrics: dict) -> None:
+    def finish(self, trainer: TrainerView, metrics: dict) -> None:
         self._log_metrics(final_metrics(metrics), int(metrics.get("best_epoch") or 0))
         run = self.run_dir
         for path in (run.metrics_json, run.history_csv, run.curves_png, run.predictions_png, run.per_image_csv):

@@ -1,16 +1,16 @@
 """``logger=tensorboard``: event files in ``<run dir>/tensorboard/``: ``tensorboard --logdir outputs``."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib.pyplot as plt
 
 from ..validation import check_int
 from ..extras import require
-from .base import Logger, final_metrics, flatten
+from ..engine.callbacks import TrainerView
+from ..config import flatten
+from .base import Logger, final_metrics
 
-if TYPE_CHECKING:
-    from ..engine import Trainer
 
 
 class TensorBoardLogger(Logger):
@@ -34,11 +34,11 @@ class TensorBoardLogger(Logger):
         self.num_images = check_int("num_images", num_images, low=1)
         self.writer: Any = None
 
-    def start(self, trainer: "Trainer", start_epoch: int) -> None:
+    def start(self, trainer: TrainerView, start_epoch: int) -> None:
         # purge_step: a resumed run drops what a killed one logged after its last checkpoint
         self.writer = self.tb.SummaryWriter(str(self.run_dir.path / self.subdir), purge_step=start_epoch)
 
-    def log_epoch(self, trainer: "Trainer", row: dict[str, float]) -> None:
+    def log_epoch(self, trainer: TrainerView, row: dict[str, float]) -> None:
         epoch = int(row["epoch"])
         for key, value in row.items():
             if key not in ("epoch", "time") and value == value:  # NaN: an epoch not validated (trainer.val_every)
@@ -55,7 +55,7 @@ class TensorBoardLogger(Logger):
             plt.close(figure)
         self.writer.flush()
 
-    def finish(self, trainer: "Trainer", metrics: dict) -> None:
+    def finish(self, trainer: TrainerView, metrics: dict) -> None:
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                    for k, v in flatten(self.config).items() if k != "output_dir"}
         # run_name=".": the hparams event file goes into this run's folder, not a new timestamped one

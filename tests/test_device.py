@@ -1,11 +1,10 @@
-"""The fast paths change speed, never the maths: precision resolution, compile fallback, reference equality."""
+"""Where and how the maths runs (engine/device.py, engine/loop.py): automatic precision, memory format, threads and devices, compile and its fallback, the fast paths against a reference loop."""
 import copy
 
 import numpy as np
 import pytest
 import torch
 
-from segbench import bench
 from segbench.data import SyntheticDermoscopy
 from segbench.engine import (FitSettings, Normalizer, Trainer, resolve_channels_last, resolve_device, resolve_precision,
                              resolve_threads)
@@ -160,34 +159,6 @@ def test_fast_path_equals_the_reference_loop_on_one_batch(tmp_path):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
-def test_bench_command_prints_the_table(capsys):
-    bench.main(["--size", "32", "--base-width", "4", "--train-cases", "20", "--batch-size", "10", "--load-size", "32",
-                "--epochs", "1", "--rounds", "1", "--warmup", "0", "--ph2-root", ""])
-    out = capsys.readouterr().out
-    for line in ("(a) reference notebook loop", "(b) segbench trainer", "(c) ceiling: fixed batch", "b/a = ", "b/c = ",
-                 "(d) segbench trainer, augment=standard", "augment=standard costs", "checkpoint (model + Adam state",
-                 "no PH2 root"):
-        assert line in out
-    from segbench.engine.device import cpu_name
-
-    auto = resolve_precision("auto", CPU), resolve_channels_last("auto", CPU)
-    assert f"CPU {cpu_name()} (native bf16: " in out and f"auto resolves to precision {auto[0]}, channels_last {auto[1]}" in out
-    assert f"precision {auto[0]}, channels_last {auto[1]}, Adam, compile False" in out  # a CPU run's settings
-    flops = float(out.split("GFLOP/s (median; ")[1].split(" GFLOP per image")[0])
-    assert flops > 0
-    b = [line for line in out.splitlines() if line.startswith("| (b)")][0].split("|")
-    assert float(b[4]) == pytest.approx(float(b[2]) * flops, rel=0.01)  # GFLOP/s = images/s x GFLOP per image
-
-
-def test_bench_runs_the_trainer_with_the_chosen_fast_paths(capsys):
-    bench.main(["--size", "32", "--base-width", "4", "--train-cases", "10", "--batch-size", "5", "--epochs", "1",
-                "--rounds", "1", "--warmup", "0", "--ph2-root", "", "--precision", "bf16", "--channels-last", "true"])
-    assert "precision bf16, channels_last True, Adam, compile False" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        bench.main(["--precision", "fp16"])  # needs CUDA
-    assert "--precision=fp16 needs a CUDA device" in capsys.readouterr().err
-
-
 CPU = torch.device("cpu")
 
 
@@ -263,43 +234,3 @@ def test_auto_device_spreads_multirun_jobs_over_gpus(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda")  # a single run uses the current GPU
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("auto", job_num=5) == torch.device("cuda")
-
-
-def test_time_estimates_are_logged_after_the_first_epoch_and_every_few(tmp_path, caplog):
-    run(compose_cfg([*TINY, "trainer.epochs=5", f"output_dir={tmp_path}"]))
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimated ")]
-    assert [line.split("(")[1].split(" of")[0] for line in lines] == ["4", "3", "2", "1"]  # every epoch of 5
-    assert all(" to finish training (" in line and "epochs left at" in line for line in lines)
-
-
-def test_a_long_run_on_the_cpu_names_the_cpu_preset_early(monkeypatch, caplog):
-    """A GPU preset on a CPU: the estimate from the first batches (before the first epoch ends) names the CPU preset."""
-    from segbench.engine import TimeEstimate
-    from segbench.engine.callbacks import duration
-
-    clock = iter([0.0, 10.0, 20.0, 30.0])
-    monkeypatch.setattr("segbench.engine.callbacks.time.perf_counter", lambda: next(clock))
-    trainer = type("T", (), {"settings": FitSettings(epochs=100, batch_size=10)})()
-    estimate = TimeEstimate(slow_hint="use experiment=ph2_recipe_cpu")
-    estimate.on_fit_start(trainer, 1)  # t = 0
-    estimate.on_train_epoch_start(trainer, 1, 10)
-    estimate.on_train_batch_end(trainer, 1, lambda: 0.0)  # t = 10: after the warm-up batch
-    assert not caplog.records
-    estimate.on_train_batch_end(trainer, 2, lambda: 0.0)  # t = 20: 10 s a batch, 10 batches, 100 epochs
-    assert caplog.records[-1].getMessage() == (
-        "this run is estimated at 2 h 46 min of training here: use experiment=ph2_recipe_cpu")
-    assert duration(10000) == "2 h 46 min" and duration(750) == "12 min 30 s" and duration(42.4) == "42 s"
-    estimate.on_train_batch_end(trainer, 2, lambda: 0.0)
-    assert len(caplog.records) == 1  # once
-
-
-def test_a_sweep_estimate_counts_jobs_at_a_time():
-    from segbench.report.callback import estimate_line
-
-    # 1 of 20 jobs in 60 s, one at a time: 19 x 60 s left
-    assert estimate_line(20, 1, 60.0, 1).startswith("sweep: 1 of 20 jobs ended in 1 min 00 s; estimated 19 min 00 s "
-                                                    "for the other 19 (about ")
-    # 2 at a time: the first job to end stands for a wave of 2 (19 left at 2 per 60 s)
-    line = estimate_line(20, 1, 60.0, 2)
-    assert "estimated 9 min 30 s for the other 19" in line and line.endswith(", 2 at a time)")
-    assert "estimated 8 min 00 s for the other 16" in estimate_line(20, 4, 120.0, 2)

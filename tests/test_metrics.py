@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segbench import metrics as M
-from segbench.scoring import by_group, choose_threshold, per_image, summarize
+from segbench.scoring import by_group, choose_threshold, image_means, per_image
 
 BIG = 100.0
 
@@ -122,7 +122,7 @@ def test_per_image_at_original_resolution():
     rows = per_image(logits, [left_half, first_col], threshold=0.5)
     assert rows["iou"] == pytest.approx([1.0, 0.5])
     assert rows["tp"] == [8, 4] and rows["fp"] == [0, 4]
-    summary = summarize(rows)
+    summary = image_means(rows)
     assert summary["test/iou"] == pytest.approx(0.75)
     assert summary["test/iou_micro"] == pytest.approx(12 / 16)
     groups = by_group(rows, ["common_nevus", "melanoma"], order=("common_nevus", "atypical_nevus", "melanoma"))
