@@ -16,6 +16,19 @@ log = logging.getLogger("segbench")
 register_resolvers()  # before Hydra resolves hydra.sweep.subdir
 
 
+def register_sweeper() -> None:
+    """Register segbench's Optuna sweeper with Hydra. Hydra finds plugins by listing the ``hydra_plugins``
+    package's folders, which misses one installed in editable mode (``pip install -e``); registering the
+    class (it imports no Optuna) works for every kind of install."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.segbench_search.sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
+
+
+register_sweeper()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://segbench.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the monitored val value of the best epoch (``trainer.monitor``, val IoU by default):
@@ -49,7 +62,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 # options that need an optional extra: (option, module, package, extra)
-OPTIONAL = [("hparams_search=optuna", "hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "search")]
+OPTIONAL = [("hparams_search=optuna", "optuna", "optuna", "search")]
 
 
 # keys that moved to the callbacks group in 0.2: (old key, what to write instead)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from .plotting import plot_augmentations, plot_curves, plot_predictions
 from .provenance import provenance
 from .runs import RunDir
 from .runs.launch import resume_command
+from .search import TRIAL_ENV
 from .signals import Stopped, forward, stop_on_signals
 from .splits import Split
 from .validation import InvalidValue, check_choice
@@ -138,7 +140,7 @@ def _slow_hint(device: torch.device) -> str | None:
     experiment = HydraConfig.get().runtime.choices.get("experiment")
     if experiment in CPU_PRESETS:
         return (f"experiment={experiment} is made for a GPU; on a CPU use experiment={CPU_PRESETS[experiment]} "
-                "(the same recipe at 128 px and base width 16: about 15 min on 2 cores)")
+                "(the same recipe at 128 px and base width 16: 5 to 15 min on 2 cores)")
     return None
 
 
@@ -197,6 +199,9 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     schedule = build_schedule(cfg.get("scheduler"), optimizer, settings.epochs,
                               math.ceil(len(parts["train"]) / settings.batch_size), monitor)
     callbacks, best = build_callbacks(cfg, run_dir, resolved, monitor, loggers, _slow_hint(device))
+    reporter = _trial_reporter(settings.epochs, monitor)  # a trial of a search: reports, may be pruned
+    if reporter is not None:
+        callbacks.insert(callbacks.index(best) + 1, reporter)
     trainer = Trainer(model, loss_fn, optimizer, settings, device, schedule, callbacks, augment)
     start_epoch = 1
     if saved is not None:
@@ -208,6 +213,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     loop_start = time.perf_counter()
     trainer.fit(parts["train"], parts["val"], start_epoch)
     loop_time = time.perf_counter() - loop_start
+    if reporter is not None and reporter.pruned_epoch is not None:
+        return _pruned(run_dir, trainer, best, monitor, reporter.pruned_epoch, names, launch)
     # 5. evaluation of the best checkpoint
     trainer.load_weights(run_dir.load_checkpoint("best"))
     result = score_test(trainer, loss_fn, dataset, parts["val"], parts["test"], evaluation)
@@ -235,6 +242,28 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
                      dataset.class_names)
     trainer.run_end(metrics, run_dir)  # loggers send the results on
     log.info("wrote %s", run_dir.path)
+    return metrics
+
+
+def _trial_reporter(epochs: int, monitor: Monitor) -> Any:
+    """The reporter of this run's Optuna trial when a search started it (see :mod:`segbench.search`)."""
+    if not os.environ.get(TRIAL_ENV) or not HydraConfig.initialized():
+        return None
+    from .search.trial import trial_reporter
+
+    hydra = HydraConfig.get()
+    return trial_reporter(hydra.get("sweeper"), str(hydra.sweep.dir), epochs, monitor)
+
+
+def _pruned(run_dir: RunDir, trainer: Trainer, best: BestTracker, monitor: Monitor, epoch: int,
+            names: dict, launch: dict) -> dict[str, Any]:
+    """A trial the search's pruner stopped: metrics.json says ``pruned`` (with the epoch and the best
+    val epoch so far), next to its history and last checkpoint; no test scoring."""
+    metrics = {"status": "pruned", "pruned_epoch": epoch, **_best_epoch(trainer, best, monitor),
+               "train_time_s": trainer.train_time, **names, "provenance": launch}
+    run_dir.write_metrics(metrics)
+    plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']} (pruned at epoch {epoch})")
+    log.info("pruned by the search after epoch %d; wrote %s", epoch, run_dir.path)
     return metrics
 
 

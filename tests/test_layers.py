@@ -14,7 +14,7 @@ LAYERS = [
     ("storage", {"runs"}),
     ("components", {"augment", "losses", "models", "data", "splits", "scoring", "engine", "plotting", "provenance"}),
     ("build", {"build"}),
-    ("features", {"loggers", "inference", "report"}),
+    ("features", {"loggers", "inference", "report", "search"}),
     ("run", {"train"}),
     ("commands", {"__main__", "bench", "check_data", "compare", "export", "predict", "rescore", "summary",
                   "upgrade_checkpoints"}),

@@ -10,12 +10,11 @@ import time
 import urllib.request
 
 import pytest
-import yaml
 
 from segbench.errors import UserError
 from segbench.train import run
 
-from .conftest import TINY, compose_cfg, needs, run_cli
+from .conftest import TINY, compose_cfg, needs
 
 TRACKING = needs("mlflow", "tensorboard", extra="tracking")
 
@@ -82,62 +81,6 @@ def test_a_missing_package_names_the_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "history.csv").exists()  # refused before any training
 
 
-@pytest.mark.parametrize("optuna, sqlalchemy, usable", [("2.10.1", "2.1.9", False), ("2.10.1", "1.4.54", True),
-                                                        ("3.6.2", "2.1.9", True)])
-def test_an_optuna_database_is_refused_where_optuna_and_sqlalchemy_cannot_work(monkeypatch, optuna, sqlalchemy, usable):
-    from omegaconf import OmegaConf
-
-    from segbench.report import callback as sweep
-
-    versions = {"optuna": optuna, "sqlalchemy": sqlalchemy}
-    monkeypatch.setattr(sweep.metadata, "version", lambda name: versions[name])
-    target = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    sweep.check_sweeper_storage(OmegaConf.create({"_target_": target, "storage": None}))  # in memory: always
-    database = OmegaConf.create({"_target_": target, "storage": "sqlite:///optuna.db"})
-    if usable:
-        sweep.check_sweeper_storage(database)
-    else:
-        with pytest.raises(UserError, match=r"^hydra.sweeper.storage='sqlite:///optuna.db' is not usable here: "
-                                            r"optuna 2.10.1 .* SQLAlchemy 2.1.9 .*leave hydra.sweeper.storage=null"):
-            sweep.check_sweeper_storage(database)
-
-
-@needs("hydra_plugins.hydra_optuna_sweeper", extra="search")
-def test_an_unusable_optuna_database_stops_the_search_before_any_trial(tmp_path):
-    from importlib.metadata import version
-
-    if int(version("optuna").split(".")[0]) >= 3 or int(version("sqlalchemy").split(".")[0]) < 2:
-        pytest.skip("optuna and SQLAlchemy here can keep a study in a database")
-    sweep = tmp_path / "search"
-    result = run_cli(["hparams_search=optuna", *TINY, f"hydra.sweep.dir={sweep}",
-                      f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"], cwd=tmp_path)
-    assert result.returncode == 2 and "segbench: error: hydra.sweeper.storage=" in result.stderr
-    assert not sweep.exists() and not (tmp_path / "optuna.db").exists()
-
-
-@TRACKING
-@needs("hydra_plugins.hydra_optuna_sweeper", extra="search")
-def test_optuna_search_maximises_val_iou_and_logs_one_experiment(tmp_path):
-    """A tiny search: seeded TPE, every trial in the report, one MLflow experiment for the sweep."""
-    sweep, uri = tmp_path / "search", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [a for a in TINY if not a.startswith("trainer.device")]
-    result = run_cli(["hparams_search=optuna", *args, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",
-                      "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    trials = sorted(p.name for p in sweep.iterdir() if p.name.startswith("trial_"))
-    assert trials == ["trial_0", "trial_1"]
-    values = {t: json.loads((sweep / t / "metrics.json").read_text())["val/iou"] for t in trials}
-    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert results["best_value"] == pytest.approx(max(values.values()))  # Optuna saw each trial's val IoU
-    summary = (sweep / "summary.md").read_text()
-    assert "best val IoU" in summary and summary.count("optimizer.lr=") >= 2  # every trial listed
-    from mlflow import search_runs, set_tracking_uri
-
-    set_tracking_uri(uri)
-    runs = search_runs(experiment_names=[str(sweep)])
-    assert len(runs) == 2 and set(runs["tags.sweep_dir"]) == {str(sweep)}
-
-
 @pytest.mark.slow
 @TRACKING
 def test_a_real_mlflow_server(tmp_path):
@@ -175,14 +118,3 @@ def test_a_real_mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def test_a_missing_sweeper_names_the_extra(monkeypatch, capsys):
-    from segbench.__main__ import cli
-
-    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_optuna_sweeper", None)
-    with pytest.raises(SystemExit) as exit_info:
-        cli(["hparams_search=optuna", "dataset=synthetic"])
-    assert exit_info.value.code == 2
-    assert "needs the package 'hydra-optuna-sweeper', which is not installed: pip install \"segbench[search]\"" in \
-        capsys.readouterr().err

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..extras import require
 from ..config import flatten
@@ -72,25 +72,40 @@ class MLflowLogger(Logger):
         if uri.startswith("sqlite:///"):  # a local file: relative to the working directory, as outputs/ is
             store = Path(uri[len("sqlite:///"):]).resolve()
             uri = f"sqlite:///{store}"
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = self._retried(lambda: MlflowClient(tracking_uri=uri))  # creates a new store's tables
         if self.run_id is not None:  # a resumed run continues its MLflow run
             self.client.update_run(self.run_id, status="RUNNING")
             return
         sweep = self._sweep_dir()
         name = self.experiment_name or sweep or "segbench"
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            # artifacts beside the database file (mlartifacts/), as `mlflow server` keeps them; a server decides
-            location = (store.parent / "mlartifacts" / name.strip("/").replace("/", "_")).as_uri() if store else None
-            experiment_id = self.client.create_experiment(name, artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
+        # artifacts beside the database file (mlartifacts/), as `mlflow server` keeps them; a server decides
+        location = (store.parent / "mlartifacts" / name.strip("/").replace("/", "_")).as_uri() if store else None
+        experiment_id = self._retried(lambda: self._experiment_id(name, location))
         tags = {"run_dir": str(self.run_dir.path.resolve()), **({"sweep_dir": sweep} if sweep else {})}
         run = self.client.create_run(experiment_id, run_name=self.run_name or self.run_dir.path.name, tags=tags)
         self.run_id = run.info.run_id
         params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(self.config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
+
+    def _experiment_id(self, name: str, location: str | None) -> str:
+        """The experiment ``name``, created when missing."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return self.client.create_experiment(name, artifact_location=location)
+
+    @staticmethod
+    def _retried(call: Callable[[], Any], attempts: int = 6) -> Any:
+        """``call()``, again after a short wait when it fails: parallel jobs of a sweep may create the
+        store's tables or the experiment at the same moment ("table ... already exists", "duplicate
+        column", "database is locked", the experiment exists)."""
+        for attempt in range(attempts - 1):
+            try:
+                return call()
+            except Exception:  # noqa: BLE001 - the last attempt raises what it meets
+                time.sleep(0.5 * (attempt + 1))
+        return call()
 
     def _log_metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric

@@ -5,9 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +16,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..config import RUN_SETTINGS, parallel_jobs
 from ..engine.callbacks import duration
 from ..engine.device import usable_cores
-from ..errors import UserError
 from ..runs import find_runs, keep_sweep_record
 from ..runs.atomic import write_json
 from .render import build_report
 
 log = logging.getLogger(__name__)
-
-
-def check_sweeper_storage(sweeper: Any) -> None:
-    """An Optuna study kept in a database (``hydra.sweeper.storage``) needs a working pair of optuna and
-    SQLAlchemy. hydra-optuna-sweeper 1.3 allows optuna < 3 only, and optuna 2's database storage fails on
-    SQLAlchemy 2 (with a bare AssertionError after the first trial's setup), which alembic and mlflow need."""
-    if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")).lower() or sweeper.get("storage") is None:
-        return
-    try:
-        optuna, sqlalchemy = metadata.version("optuna"), metadata.version("sqlalchemy")
-    except metadata.PackageNotFoundError:
-        return  # the sweeper names what is missing itself
-    if int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
-        raise UserError(
-            f"hydra.sweeper.storage={sweeper.storage!r} is not usable here: optuna {optuna} (hydra-optuna-sweeper "
-            f"allows optuna < 3 only) cannot keep a study in a database with SQLAlchemy {sqlalchemy} (alembic and "
-            "mlflow need SQLAlchemy 2); leave hydra.sweeper.storage=null: the study is kept in memory, and every "
-            "trial is still a run dir in the sweep's report")
 
 
 SWEEP_CLOCK = ".segbench-sweep.json"   # this launch: when it started, how many jobs, how many at once
@@ -84,7 +63,7 @@ class ReportCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check what the sweeper needs before any job runs; keep an earlier launch's record (see
+        """Keep an earlier launch's record (see
         :func:`segbench.runs.keep_sweep_record`); leave the run settings (segbench.config.RUN_SETTINGS)
         and, in a sweep, the overrides every job shares out of the job dir names (``loss=dice,model=unet``).
 
@@ -92,11 +71,6 @@ class ReportCallback(Callback):
         overrides, so one more Hydra override extends ``exclude_keys`` for all jobs.
         A swept key always stays in the names, run setting or not, so that no two jobs share a dir.
         """
-        try:
-            check_sweeper_storage(config.hydra.get("sweeper"))
-        except UserError as exc:  # as the entry point reports a bad setting: the message, status 2
-            print(f"segbench: error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
         fixed = [o.key_or_group for o in parsed if not o.is_sweep_override()] if swept else []

@@ -220,6 +220,9 @@ def build_report(run_dirs: Sequence[RunDir], out_dir: Path, metric: str = "iou",
                                       "seed": r.seed, "status": r.status, "monitor": r.monitor, **r.numbers,
                                       "split": r.split, "error": r.error} for r in rows], run_columns)
     markdown = _markdown(table, rows, split_note, common, classes) + "\n".join(statistics_markdown(result, metric))
+    search = out_dir / "search.md"  # a search's own part (segbench.search.report), written before the report
+    if search.is_file():
+        markdown += "\n" + search.read_text()
     (out_dir / "summary.md").write_text(markdown)
     plots.plot_per_image(pooled, metric, out_dir / f"per_image_{metric}.png")
     plots.plot_pairwise(*pairwise(pooled, metric), metric, out_dir / f"pairwise_{metric}.png")

@@ -80,6 +80,10 @@ def write_json(path: Path, data: dict) -> None:
     _atomic(path, lambda f: f.write(text + "\n"), "w")
 
 
+def write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text), "w")
+
+
 def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
