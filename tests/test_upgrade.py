@@ -1,8 +1,10 @@
 """Runs and command lines from before segbench 0.2 (the callbacks group, trainer.monitor).
 
-tests/fixtures/run_d2ca122 is a tiny finished run written by segbench at commit d2ca122 (1 epoch, base
-width 2, ``trainer.ema=0.9 trainer.early_stop.patience=5``): its checkpoints pickle numpy's RNG state and
-its config has the old trainer.* keys.
+tests/fixtures/run_d2ca122 holds what segbench at commit d2ca122 wrote for a tiny run (1 epoch, base
+width 2, ``trainer.ema=0.9 trainer.early_stop.patience=5``): its Hydra record (.hydra/), the keys of its
+metrics.json, and checkpoint.json, the form of its checkpoints without their tensors (a checkpoint pickled
+numpy's RNG state, and its config had the old trainer.* keys). Checkpoints do not belong in the
+repository, so the ``old_run`` fixture trains the same settings now and writes its run dir in that form.
 """
 import json
 import shutil
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from skimage import io as skio
 
 from segbench import predict, rescore
@@ -29,8 +32,23 @@ NEW_COMMAND = [o for o in OLD_COMMAND if not o.startswith(("trainer.ema", "train
 
 @pytest.fixture
 def old_run(tmp_path):
-    path = tmp_path / "old"
-    shutil.copytree(FIXTURE, path)
+    """A run dir as segbench wrote it at d2ca122: the settings trained now (fp32, as that version's auto
+    was on a CPU), then its files written in the old form."""
+    fresh, path = tmp_path / "fresh", tmp_path / "old"
+    run(compose_cfg([*NEW_COMMAND, "trainer.precision=fp32", "trainer.channels_last=false", f"output_dir={fresh}"]))
+    shutil.copytree(FIXTURE / ".hydra", path / ".hydra")
+    for name in ("history.csv", "split.json", "test_per_image.csv"):
+        shutil.copy(fresh / name, path / name)
+    old_keys = json.loads((FIXTURE / "metrics.json").read_text())
+    metrics = json.loads((fresh / "metrics.json").read_text())
+    (path / "metrics.json").write_text(json.dumps({k: metrics[k] for k in old_keys if k in metrics}, indent=2))
+    form = json.loads((FIXTURE / "checkpoint.json").read_text())
+    (path / "checkpoints").mkdir()
+    for name in ("last.pt", "best.pt"):  # two files then (best.pt is a hard link to last.pt now)
+        state = torch.load(fresh / "checkpoints" / name, weights_only=True)
+        old = {key: state[key] for key in form["keys"]}
+        old["config"], old["rng"]["numpy"] = form["config"], np.random.get_state()
+        torch.save(old, path / "checkpoints" / name)
     return path
 
 
