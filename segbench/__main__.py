@@ -65,14 +65,23 @@ def main(cfg: DictConfig) -> float | None:
 OPTIONAL = [("hparams_search=optuna", "optuna", "optuna", "search")]
 
 
-# keys that moved to the callbacks group in 0.2: (old key, what to write instead)
-MOVED = {
-    "trainer.ema": "callbacks=ema callbacks.ema.decay={value}",
-    "trainer.grad_clip": "callbacks=grad_clip callbacks.grad_clip.max_norm={value}",
-    "trainer.early_stop.patience": "callbacks=early_stop callbacks.early_stop.patience={value}",
-    "trainer.early_stop.min_delta": "callbacks=early_stop callbacks.early_stop.min_delta={value}",
-    "trainer.early_stop": "callbacks=early_stop callbacks.early_stop.patience=... callbacks.early_stop.min_delta=...",
-}
+def moved_override(key: str, value: str) -> str | None:
+    """What to write instead of ``key=value`` when ``key`` moved to the ``callbacks`` group in 0.2
+    (:data:`segbench.config.MOVED_CALLBACKS`), else None."""
+    from segbench.config import MOVED_CALLBACKS
+
+    group, _, rest = key.partition(".")
+    name, _, argument = rest.partition(".")
+    if group != "trainer" or name not in MOVED_CALLBACKS:
+        return None
+    arguments = list(MOVED_CALLBACKS[name][1])
+    if argument and (len(arguments) == 1 or argument not in arguments):
+        return None  # not a key segbench had
+    if value.lower() == "null":
+        return "leave out callbacks=... (the callbacks are off by default)"
+    if len(arguments) > 1 and not argument:  # trainer.early_stop={...}: one override per argument
+        return f"callbacks={name} " + " ".join(f"callbacks.{name}.{a}=..." for a in arguments)
+    return f"callbacks={name} callbacks.{name}.{argument or arguments[0]}={value or '...'}"
 
 
 def moved_keys(args: list[str]) -> None:
@@ -80,10 +89,8 @@ def moved_keys(args: list[str]) -> None:
     the override to write instead (Hydra would only say that the key is not in the config)."""
     for arg in args:
         key, _, value = arg.lstrip("+~").partition("=")
-        if key in MOVED:
-            new = MOVED[key].format(value=value or "...")
-            if value.lower() == "null":
-                new = "leave out callbacks=... (the callbacks are off by default)"
+        new = moved_override(key, value)
+        if new is not None:
             raise SegbenchError(f"'{arg}': {key} moved to the callbacks config group in segbench 0.2; write {new} "
                                 "(several at once: callbacks=[ema,early_stop,grad_clip])")
 

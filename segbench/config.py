@@ -129,10 +129,13 @@ def differences(saved: dict, current: dict) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
-# the callbacks that were trainer.* keys before 0.2: old key -> (callbacks.<name>, its _target_, its argument)
+# The callbacks that were trainer.<name> keys before 0.2 and are callbacks.<name> now: their _target_ and
+# arguments (with the default an old config may leave out). An old value is the first argument's
+# (trainer.ema=0.99), or a dict of them (trainer.early_stop); the callback was on when that one was set.
 MOVED_CALLBACKS = {
-    "grad_clip": ("grad_clip", "segbench.engine.GradClip", "max_norm"),
-    "ema": ("ema", "segbench.engine.EMA", "decay"),
+    "grad_clip": ("segbench.engine.GradClip", {"max_norm": None}),
+    "ema": ("segbench.engine.EMA", {"decay": None}),
+    "early_stop": ("segbench.engine.EarlyStopping", {"patience": None, "min_delta": 0.0}),
 }
 
 
@@ -144,20 +147,17 @@ def upgrade_config(config: dict) -> dict:
     the old behaviour (``trainer.val_every=1``, ``trainer.monitor=val/iou``). A current config is
     returned unchanged; the argument is not modified."""
     trainer = config.get("trainer") or {}
-    old_keys = [k for k in ("grad_clip", "ema", "early_stop") if k in trainer]
-    if not old_keys and "monitor" in trainer and "val_every" in trainer:
+    if not set(MOVED_CALLBACKS) & set(trainer) and "monitor" in trainer and "val_every" in trainer:
         return config
     config = copy.deepcopy(config)
     trainer = config.setdefault("trainer", {})
     callbacks = dict(config.get("callbacks") or {})
-    for key, (name, target, argument) in MOVED_CALLBACKS.items():
-        value = trainer.pop(key, None)
-        if value is not None:
-            callbacks[name] = {"_target_": target, argument: value}
-    early = trainer.pop("early_stop", None) or {}
-    if early.get("patience") is not None:
-        callbacks["early_stop"] = {"_target_": "segbench.engine.EarlyStopping", "patience": early["patience"],
-                                   "min_delta": early.get("min_delta", 0.0)}
+    for name, (target, arguments) in MOVED_CALLBACKS.items():
+        value = trainer.pop(name, None)
+        values = ({a: value.get(a, default) for a, default in arguments.items()} if isinstance(value, dict)
+                  else {next(iter(arguments)): value})
+        if next(iter(values.values())) is not None:
+            callbacks[name] = {"_target_": target, **values}
     config["callbacks"] = callbacks or None
     trainer.setdefault("val_every", 1)
     trainer.setdefault("monitor", "val/iou")

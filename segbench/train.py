@@ -21,8 +21,8 @@ from .build import (build, build_augment, build_callbacks, build_loggers, build_
                     build_schedule, check_schedule)
 from .config import choices, differences, parallel_jobs, upgrade_config, validate
 from .data import SegDataset
-from .engine import (BestTracker, EarlyStopping, FitSettings, Monitor, Trainer, resolve_channels_last, resolve_device, resolve_precision,
-                     resolve_switch, resolve_threads, seed_everything)
+from .engine import (BestTracker, EarlyStopping, FitSettings, Monitor, Trainer, resolve_channels_last, resolve_device,
+                     resolve_precision, resolve_switch, resolve_threads, seed_everything)
 from .engine.device import cpu_name, usable_cores
 from .errors import CheckpointError, UserError
 from .metrics import class_keys

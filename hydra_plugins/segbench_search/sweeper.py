@@ -97,16 +97,17 @@ class OptunaSweeper(Sweeper):
             if left <= 0:
                 break
             trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
+            # a retried trial continues the dir of the one whose process died; a new one gets its number's
+            subdirs = [trial.user_attrs.get(DIR) or f"trial_{trial.number}" for trial in trials]
             batch = []
-            for trial in trials:
-                subdir = trial.user_attrs.get(DIR) or f"trial_{trial.number}"
+            for trial, subdir in zip(trials, subdirs):
                 claim(trial, subdir)
                 batch.append([*(f"{k}={v}" for k, v in fixed.items()), *(f"{k}={v}" for k, v in trial.params.items()),
                               *threads, f"hydra.sweep.subdir={subdir}", f"+hydra.job.env_set.{TRIAL_ENV}={trial.number}"])
             returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
-            for trial, ret in zip(trials, returns):
-                state, value = self._outcome(ret, self.sweep_dir / trial.user_attrs.get(DIR, f"trial_{trial.number}"))
+            for trial, subdir, ret in zip(trials, subdirs, returns):
+                state, value = self._outcome(ret, self.sweep_dir / subdir)
                 study.tell(trial, state=state, values=None if value is None else [value])
                 failures += state == optuna.trial.TrialState.FAIL
             if failures > self.max_failure_rate * self.n_trials:

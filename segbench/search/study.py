@@ -28,20 +28,22 @@ HOST, PID, DIR, DIED = "segbench_host", "segbench_pid", "trial_dir", "segbench_d
 JOURNAL = "optuna.journal"
 
 
-def storage_of(setting: str | None, sweep_dir: str | Path) -> BaseStorage | str:
-    """``hydra.sweeper.storage`` as Optuna takes it: a database URL as it is; a path (``*.journal``, or
-    any other file name) as a journal file; null as ``<sweep dir>/optuna.journal``."""
-    if setting is not None and "://" in str(setting):
-        return str(setting)
-    path = Path(str(setting)).expanduser() if setting else Path(sweep_dir) / JOURNAL
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
 def describe_storage(setting: str | None, sweep_dir: str | Path) -> str:
+    """Where ``hydra.sweeper.storage`` keeps the study: a database URL as it is; a path (``*.journal``, or
+    any other file name) of a journal file; null: ``<sweep dir>/optuna.journal``."""
     if setting is not None and "://" in str(setting):
         return str(setting)
     return str(Path(str(setting)).expanduser() if setting else Path(sweep_dir) / JOURNAL)
+
+
+def storage_of(setting: str | None, sweep_dir: str | Path) -> BaseStorage | str:
+    """``hydra.sweeper.storage`` as Optuna takes it: a database URL, or the journal file of
+    :func:`describe_storage` (its folder made)."""
+    where = describe_storage(setting, sweep_dir)
+    if "://" in where:
+        return where
+    Path(where).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(where))
 
 
 def open_study(name: str, storage: BaseStorage | str, direction: str, sampler: Any = None,
