@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .build import build
 from .config import CONF_DIR, compose_config
+from .errors import UserError
 
 
 def model_names(conf_dir: Path = CONF_DIR) -> list[str]:
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | base width | parameters | GFLOPs | output shape |")
     print("|---|---|---|---|---|")
     for name in names:
-        row = summarize(name, args.size, args.base_width or None)
+        try:
+            row = summarize(name, args.size, args.base_width or None)
+        except UserError as exc:  # an optional extra's model without the extra: the row says so
+            print(f"| `{name}` | - | - | - | {exc} |")
+            continue
         shape = "x".join(str(d) for d in row["output"])
         print(f"| `{name}` | {row['base_width']} | {row['params']:,} | {row['gflops']:.1f} | {shape} |")
 

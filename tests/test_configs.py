@@ -28,7 +28,8 @@ MANDATORY = {("dataset", "folder"): ["dataset.root=data/mine"], ("split", "file"
 
 # options whose classes import an optional extra's package: skipped, naming it, without that extra
 EXTRAS = {("logger", "mlflow"): needs("mlflow", extra="tracking"),
-          ("logger", "tensorboard"): needs("tensorboard", extra="tracking")}
+          ("logger", "tensorboard"): needs("tensorboard", extra="tracking"),
+          **{("model", n): needs("monai", "einops", extra="monai") for g, n in GROUP_FILES if n.startswith("monai_")}}
 
 
 @pytest.mark.parametrize("experiment, group, name", [

@@ -2,7 +2,9 @@
 from .basic_unet import BasicUNet
 from .classic import UNetClassic
 from .encoder_decoder import EncoderDecoder
+from .monai_nets import AttentionUNet, FlexibleUNet, SwinUNETR, UNetPlusPlus
 from .segnet import SegNet
 from .unet import UNet
 
-__all__ = ["BasicUNet", "EncoderDecoder", "SegNet", "UNet", "UNetClassic"]
+__all__ = ["AttentionUNet", "BasicUNet", "EncoderDecoder", "FlexibleUNet", "SegNet", "SwinUNETR", "UNet", "UNetClassic",
+           "UNetPlusPlus"]
