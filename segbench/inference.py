@@ -1,15 +1,20 @@
-"""A trained run as a model for new images: what ``segbench.predict`` and ``segbench.export`` share.
+"""Trained runs as models for new images: what ``segbench.predict``, ``segbench.evaluate`` and
+``segbench.export`` share.
 
 :func:`load_trained` rebuilds the network from the config saved in a run's checkpoint, loads the
 checkpoint's evaluated weights (the EMA ones when the run kept an average) and its input
 normalisation, and reads the run's evaluation settings (threshold actually used, TTA,
 post-processing, input size) from metrics.json and the config: nothing is re-specified.
+
+:class:`Ensemble` averages the probabilities of several trained runs, each at its own input size and
+with its own TTA, resized to the image; then one threshold (the mean of the runs' thresholds) and one
+post-processing decide the mask.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,11 +24,13 @@ from torch import nn
 from .build import build
 from .config import upgrade_config
 from .data import SegArrays
+from .data.arrays import resize_image
 from hydra.errors import InstantiationException
 
 from .engine.normalize import Normalize, Normalizer
 from .errors import CheckpointError, UserError
-from .scoring import EvalSettings, predict_classes, predict_masks, predict_tta
+from .scoring import POSTPROCESS, EvalSettings, predict_classes, predict_masks, predict_tta
+from .validation import check_choice
 from .runs import RunDir
 
 CHECKPOINTS = ("best", "last")
@@ -84,6 +91,108 @@ class TrainedModel:
             return pred.numpy(), torch.where(pred, prob, 1 - prob).numpy()
         classes = predict_classes(logit, self.postprocess)[0, 0]
         return classes.numpy().astype(np.uint8), torch.softmax(logit, 1)[0].max(0).values.numpy()
+
+    def predict_images(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(H, W, 3) uint8 images of any sizes -> per image the prediction at its size and the
+        probability of the predicted class (:meth:`masks`): the network at the run's input size, the
+        logits resized back to each image."""
+        logits = self.logits(torch.stack([torch.from_numpy(resize_image(im, self.image_size)) for im in images]))
+        return [self.masks(logits[i : i + 1], im.shape[:2]) for i, im in enumerate(images)]
+
+    def describe(self) -> str:
+        return (f"{self.run_dir.path} ({self.image_size}px, threshold {self.threshold:.2f}, tta {self.tta}, "
+                f"postprocess {self.postprocess})")
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) logits -> probabilities: the sigmoid for one channel (binary), else the softmax over C."""
+    return torch.sigmoid(logits.float()) if logits.shape[1] == 1 else torch.softmax(logits.float(), 1)
+
+
+def as_logits(probs: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`probabilities` (up to a constant per pixel for the softmax, which argmax
+    ignores), so that averaged probabilities are thresholded and post-processed by the same functions
+    as one run's logits. Probabilities are clamped to [1e-6, 1 - 1e-6] first."""
+    if probs.shape[1] == 1:
+        return torch.logit(probs, eps=1e-6)
+    return torch.log(probs.clamp_min(1e-6))
+
+
+@dataclass
+class Ensemble:
+    """Several trained runs predicting together (nnU-Net's ensemble of fold models).
+
+    Each member predicts at its own input size with its own test-time augmentation; its probabilities
+    (sigmoid, or softmax over classes) are resized (bilinear) to the output size and averaged with equal
+    weights. One ``threshold`` (default: the mean of the members' chosen thresholds) and one
+    ``postprocess`` (default: the members' own, when they agree) then decide the mask."""
+
+    members: list[TrainedModel]
+    threshold: float
+    postprocess: str
+    threshold_mode: str = "the mean of the runs' thresholds"
+
+    @classmethod
+    def of(cls, members: Sequence[TrainedModel], threshold: float | None = None,
+           postprocess: str | None = None) -> "Ensemble":
+        """The ensemble of ``members``; a UserError when they cannot predict together (different
+        ``num_classes``, or post-processing that differs and was not given)."""
+        if not members:
+            raise UserError("an ensemble needs at least one trained run")
+        classes = {m.num_classes for m in members}
+        if len(classes) > 1:
+            raise UserError("the runs of an ensemble must predict the same classes; they have num_classes "
+                            + ", ".join(f"{m.num_classes} ({m.run_dir.path})" for m in members))
+        if postprocess is None:
+            kinds = sorted({m.postprocess for m in members})
+            if len(kinds) > 1:
+                raise UserError(f"the runs of the ensemble post-process differently ({', '.join(kinds)}); "
+                                "choose one with --postprocess")
+            postprocess = kinds[0]
+        check_choice("--postprocess", postprocess, POSTPROCESS)
+        if threshold is not None:
+            return cls(list(members), float(threshold), postprocess, "given (--threshold)")
+        return cls(list(members), float(np.mean([m.threshold for m in members])), postprocess)
+
+    @property
+    def num_classes(self) -> int:
+        return self.members[0].num_classes
+
+    def probabilities(self, images_at: Callable[[int], torch.Tensor],
+                      sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+        """The mean probabilities (1, C, H_i, W_i) of N images at ``sizes`` (N sizes). ``images_at(s)``
+        gives the N images as uint8 (N, 3, s, s) at a member's input side ``s``."""
+        total: list[torch.Tensor | None] = [None] * len(sizes)
+        for member in self.members:
+            probs = probabilities(member.logits(images_at(member.image_size)))  # (N, C, s, s), its TTA
+            for i, size in enumerate(sizes):
+                p = probs[i : i + 1]
+                if tuple(p.shape[-2:]) != tuple(size):
+                    p = F.interpolate(p, size=tuple(size), mode="bilinear", align_corners=False)
+                total[i] = p if total[i] is None else total[i] + p
+        return [t / len(self.members) for t in total]  # type: ignore[operator]
+
+    def decide(self, probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """One image's mean probabilities (1, C, H, W) -> the post-processed prediction (H, W) (bool,
+        or class indices) and the probability of the predicted class."""
+        if probs.shape[1] == 1:
+            pred = predict_masks(as_logits(probs), self.threshold, self.postprocess)[0, 0]
+            return pred.numpy(), torch.where(pred, probs[0, 0], 1 - probs[0, 0]).numpy()
+        classes = predict_classes(as_logits(probs), self.postprocess)[0, 0]
+        return classes.numpy().astype(np.uint8), probs[0].max(0).values.numpy()
+
+    def predict_images(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """As :meth:`TrainedModel.predict_images`, with the members' mean probabilities."""
+        def images_at(side: int) -> torch.Tensor:
+            return torch.stack([torch.from_numpy(resize_image(im, side)) for im in images])
+
+        probs = self.probabilities(images_at, [im.shape[:2] for im in images])
+        return [self.decide(p) for p in probs]
+
+    def describe(self) -> str:
+        return (f"an ensemble of {len(self.members)} runs (mean probabilities; threshold {self.threshold:.2f}, "
+                f"the mean of theirs; postprocess {self.postprocess}): "
+                + ", ".join(str(m.run_dir.path) for m in self.members))
 
 
 def load_trained(run_dir: str | Path, which: str = "best", device: torch.device | str = "cpu",

@@ -1,10 +1,14 @@
-"""``python -m segbench.predict RUN_DIR INPUT... [--output DIR]``: a trained run applied to new images.
+"""``python -m segbench.predict RUN_DIR [RUN_DIR ...] INPUT... [--output DIR] [--ensemble]``: trained runs applied to new images.
 
 Loads the run's best checkpoint and its saved config (nothing to re-specify), predicts every image of
 the given files, folders (their image files) and globs at the run's input size, resizes each
 prediction back to its image's size and applies the run's threshold, test-time augmentation and
 post-processing. Writes, per image, ``<stem>.png`` (the mask: 0/255, or class indices for a
 multi-class run) and ``<stem>_overlay.png``, and ``predictions.csv`` for all of them.
+
+With --ensemble, the leading arguments that are run directories are the members: each predicts at its
+own input size with its own TTA, their probabilities are resized to the image and averaged, and one
+threshold (the mean of the runs' thresholds, or --threshold) and the post-processing decide the mask.
 
 A file that cannot be read is listed at the end with the reason while every other file is still
 predicted; the exit status is then 1. Existing output files are not overwritten without --overwrite.
@@ -17,14 +21,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .data.arrays import IMAGE_SUFFIXES, image_files, read_rgb, resize_image
+from .data.arrays import IMAGE_SUFFIXES, image_files, read_rgb
 from .engine import resolve_device
 from .errors import SegbenchError, UserError, command
-from .inference import CHECKPOINTS, TrainedModel, load_trained
+from .inference import CHECKPOINTS, Ensemble, TrainedModel, load_trained
+from .runs import RunDir
 from .runs.atomic import write_csv
 from .plotting import class_colours
 
@@ -79,7 +83,7 @@ def overlay(image: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def predict_files(trained: TrainedModel, files: list[Path], output: Path, batch_size: int,
+def predict_files(trained: TrainedModel | Ensemble, files: list[Path], output: Path, batch_size: int,
                   failed: list[tuple[str, str]], progress: bool = True) -> list[dict]:
     """Predict every file, writing its mask and overlay; returns the rows of predictions.csv."""
     rows = []
@@ -95,10 +99,7 @@ def predict_files(trained: TrainedModel, files: list[Path], output: Path, batch_
                     bar.update(1)
             if not batch:
                 continue
-            inputs = torch.stack([torch.from_numpy(resize_image(im, trained.image_size)) for im in images])
-            logits = trained.logits(inputs)
-            for i, (path, image) in enumerate(zip(batch, images)):
-                pred, prob = trained.masks(logits[i : i + 1], image.shape[:2])
+            for path, image, (pred, prob) in zip(batch, images, trained.predict_images(images)):
                 stem = path.stem
                 stored = pred.astype(np.uint8) * (255 if trained.num_classes == 1 else 1)
                 Image.fromarray(stored).save(output / f"{stem}.png")
@@ -114,13 +115,36 @@ def predict_files(trained: TrainedModel, files: list[Path], output: Path, batch_
     return rows
 
 
+def split_runs(paths: list[str], ensemble: bool) -> tuple[list[str], list[str]]:
+    """The run directories (the first argument; with ``ensemble``, every leading run directory) and the
+    inputs after them. Several run directories without ``ensemble`` are an error that says so."""
+    count = 0
+    while count < len(paths) and RunDir(paths[count]).best_pt.is_file():
+        count += 1
+    if count > 1 and not ensemble:
+        raise UserError(f"{count} run directories given ({', '.join(paths[:count])}); add --ensemble to average "
+                        "their predictions, or give one")
+    if ensemble and count == 0:
+        raise UserError(f"--ensemble: '{paths[0]}' is not a finished run directory (no checkpoints/best.pt)")
+    count = count if ensemble else 1  # one run: the first argument, whatever it is (load_trained names the problem)
+    return paths[:count], paths[count:]
+
+
 @command("segbench.predict")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m segbench.predict", description=__doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="a finished run directory (holds checkpoints/best.pt)")
-    parser.add_argument("inputs", nargs="+", help="image files, folders of images, or globs ('scans/*.jpg')")
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR [RUN_DIR ...] INPUT",
+                        help="a finished run directory (holds checkpoints/best.pt), with --ensemble several; then "
+                             "image files, folders of images, or globs ('scans/*.jpg')")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="average the probabilities of the run directories given first")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="with --ensemble: the threshold of the mean probability (default: the mean of the "
+                             "runs' thresholds)")
+    parser.add_argument("--postprocess", default=None,
+                        help="with --ensemble: none or largest (default: the runs' own, when they agree)")
     parser.add_argument("--output", "-o", default="predictions", help="folder for the outputs (default: predictions)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -130,11 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: expected an integer >= 1")
+    runs, inputs = split_runs(args.paths, args.ensemble)
+    if not inputs:
+        parser.error("no INPUT: give image files, folders or globs after the run director" + ("ies" if len(runs) > 1 else "y"))
+    if not args.ensemble and (args.threshold is not None or args.postprocess is not None):
+        parser.error("--threshold and --postprocess apply to --ensemble (a single run uses its own)")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        parser.error(f"--threshold {args.threshold}: expected a number > 0 and < 1")
     try:
-        trained = load_trained(args.run_dir, args.checkpoint, resolve_device(args.device), args.batch_size)
+        device = resolve_device(args.device)
+        members = [load_trained(run, args.checkpoint, device, args.batch_size) for run in runs]
     except SegbenchError as exc:  # the device check speaks of the config key; here it is the option
         raise UserError(str(exc).replace("trainer.device=", "--device ")) from None
-    files, failed = expand_inputs(args.inputs)
+    trained = Ensemble.of(members, args.threshold, args.postprocess) if args.ensemble else members[0]
+    files, failed = expand_inputs(inputs)
     files = distinct_stems(files, failed)
     output = Path(args.output)
     targets = [output / CSV_NAME] + [output / f"{p.stem}{suffix}" for p in files for suffix in (".png", "_overlay.png")]
@@ -143,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{len(existing)} output file(s) exist already, e.g. '{existing[0]}'; "
                         "use --overwrite to replace them, or another --output")
     output.mkdir(parents=True, exist_ok=True)
-    print(f"predicting {len(files)} image(s) with {trained.run_dir.path} ({args.checkpoint} checkpoint, "
-          f"{trained.image_size}px, threshold {trained.threshold:.2f}, tta {trained.tta}, "
-          f"postprocess {trained.postprocess}) into {output}/")
+    print(f"predicting {len(files)} image(s) with {trained.describe()} ({args.checkpoint} checkpoint) into {output}/")
     rows = predict_files(trained, files, output, args.batch_size, failed, progress=not args.no_progress)
     write_csv(output / CSV_NAME, rows, CSV_COLUMNS)
     print(f"wrote {len(rows)} prediction(s) and {output / CSV_NAME}")

@@ -153,20 +153,21 @@ def choose_threshold(logits: torch.Tensor, masks: torch.Tensor, grid: Sequence[f
 
 
 def per_image(
-    logits: torch.Tensor,
+    logits: torch.Tensor | Sequence[torch.Tensor],
     masks: Sequence[torch.Tensor] | torch.Tensor,
     threshold: float,
     postprocess: str = "none",
     class_names: Sequence[str] | None = None,
 ) -> dict[str, list[float]]:
-    """Every metric per image, as columns (metric -> one value per image). ``masks`` may be one (N, 1, H, W) tensor, or N (H0, W0) masks at
+    """Every metric per image, as columns (metric -> one value per image). ``logits`` is one (N, C, H, W)
+    tensor or N (1, C, H_i, W_i) ones. ``masks`` may be one (N, 1, H, W) tensor, or N (H0, W0) masks at
     their original sizes, in which case each logit map is resized (bilinear) to its mask first;
     ``postprocess`` is applied to each prediction at the size it is scored at. Multi-class logits
     are scored per foreground class (:data:`segbench.metrics.DEFINITIONS` ``classes``)."""
     columns: dict[str, list[float]] = {}
-    for i in range(logits.shape[0]):
+    for i in range(len(logits)):
         mask = torch.as_tensor(masks[i]).reshape(1, 1, *masks[i].shape[-2:])
-        logit = logits[i : i + 1].float()
+        logit = (logits[i : i + 1] if isinstance(logits, torch.Tensor) else logits[i]).float()
         if logit.shape[-2:] != mask.shape[-2:]:
             logit = F.interpolate(logit, size=mask.shape[-2:], mode="bilinear", align_corners=False)
         if logit.shape[1] == 1:
@@ -228,6 +229,26 @@ def by_group(columns: dict[str, list[float]], groups: Sequence[str], order: Sequ
     return out
 
 
+TTA_DEFINITIONS = {"none": "none", "flips": "mean logits of identity, horizontal, vertical and both flips",
+                   "d4": "mean logits of the 8 rotations/flips (dihedral group D4)"}
+
+
+def describe_scoring(threshold: float, threshold_mode: str, input_size: int | None, tta: str, postprocess: str,
+                     multi_class: bool) -> dict[str, Any]:
+    """metrics.json's ``definitions``: the metrics' (:data:`DEFINITIONS`) and how predictions were made and
+    scored. ``input_size`` None: at each image's original size."""
+    return {
+        **DEFINITIONS,
+        "threshold": threshold,
+        "threshold_mode": threshold_mode,
+        "resolution": "original image size (predictions resized bilinearly)" if input_size is None
+        else f"{input_size}x{input_size} (network input)",
+        "tta": TTA_DEFINITIONS.get(tta, tta),
+        "postprocess": "none" if postprocess == "none" else "largest 8-connected component, holes filled"
+        if not multi_class else "largest 8-connected component of each foreground class (the rest background)",
+    }
+
+
 @dataclass
 class TestResult:
     """What the test step produced: the threshold used, the test logits (N, C, H, W) at the input size
@@ -272,15 +293,8 @@ def score_test(
     columns = per_image(logits, masks_of(test_part), chosen, postprocess, names)
     val_means = image_means(per_image(val_logits, masks_of(val), chosen, postprocess, names), prefix="val_final/")
     definitions = {
-        **DEFINITIONS,
-        "threshold": chosen,
-        "threshold_mode": "auto: maximises mean val IoU over 0.05..0.95" if auto else "fixed",
-        "resolution": "original image size (predictions resized bilinearly)" if original
-        else f"{dataset.image_size}x{dataset.image_size} (network input)",
-        "tta": {"none": "none", "flips": "mean logits of identity, horizontal, vertical and both flips",
-                "d4": "mean logits of the 8 rotations/flips (dihedral group D4)"}[tta],
-        "postprocess": "none" if postprocess == "none" else "largest 8-connected component, holes filled"
-        if logits.shape[1] == 1 else "largest 8-connected component of each foreground class (the rest background)",
+        **describe_scoring(chosen, "auto: maximises mean val IoU over 0.05..0.95" if auto else "fixed",
+                           dataset.image_size if not original else None, tta, postprocess, logits.shape[1] > 1),
         "val_final": "the val split scored like the test split (same threshold, TTA, post-processing, resolution)",
     }
     metrics = {"test/loss": test_loss, **image_means(columns),

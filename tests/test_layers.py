@@ -16,7 +16,7 @@ LAYERS = [
     ("build", {"build"}),
     ("features", {"loggers", "inference", "report", "search"}),
     ("run", {"train"}),
-    ("commands", {"__main__", "bench", "check_data", "compare", "export", "predict", "rescore", "summary",
+    ("commands", {"__main__", "bench", "check_data", "compare", "evaluate", "export", "predict", "rescore", "summary",
                   "upgrade_checkpoints"}),
 ]
 RANK = {top: rank for rank, (_, tops) in enumerate(LAYERS) for top in tops}

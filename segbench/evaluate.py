@@ -1,0 +1,449 @@
+"""``python -m segbench.evaluate RUN_DIR [RUN_DIR ...] [dataset=... dataset.KEY=...] [split=...] --output DIR``:
+trained runs scored on a labelled dataset, each with its own settings, and compared.
+
+    python -m segbench.evaluate outputs/multirun/isic --output eval/ph2 dataset=ph2          # train ISIC, test PH2
+    python -m segbench.evaluate RUN RUN RUN --output eval/ens --ensemble                    # + their ensemble
+    python -m segbench.evaluate RUN --output eval/mine dataset=folder dataset.root=data/new split=holdout --part test
+    python -m segbench.evaluate outputs/multirun/A --in-place                               # = segbench.rescore
+
+Each run scores with its own input size, threshold (the one it chose), TTA and post-processing, at each
+image's original resolution when it used ``eval.resolution=original``. With ``dataset=...`` overrides
+every case of that dataset is scored (with ``--part test``, only the test part of ``split=...``); without
+them, each run's own test split (its split.json), as in training. DIR gets, per run, a directory with
+test_per_image.csv (that dataset's case ids and groups), metrics.json (the metrics and their
+definitions, and ``evaluated``: which run, checkpoint, dataset and cases) and the run's Hydra record,
+then the comparison report over them (summary.md, paired statistics on the same case ids).
+
+``--ensemble`` adds ``ensemble/``: the runs' probabilities averaged (each at its own input size, with its
+own TTA, resized to the image), then one threshold (the mean of the runs' thresholds, or
+``--threshold``) and one post-processing. It is scored at each image's original size when a run used
+``eval.resolution=original`` or the runs' input sizes differ, else at their common input size.
+
+``--in-place`` is ``python -m segbench.rescore``: the runs' own test split scored again, their
+metrics.json and test_per_image.csv rewritten (the training results kept).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from .build import build
+from .config import compose_config, defining_overrides
+from .data import SegDataset
+from .engine import resolve_device
+from .errors import DataError, SegbenchError, UserError, command
+from .inference import Ensemble, TrainedModel, as_logits, load_trained
+from .report import build_report
+from .runs import RunDir, find_runs
+from .runs.atomic import write_text
+from .scoring import EvalSettings, by_group, describe_scoring, image_means, per_image, predict_tta, score_test
+from .splits import split_digest
+
+log = logging.getLogger(__name__)
+
+PARTS = ("all", "train", "val", "test")
+OVERRIDE_GROUPS = ("dataset", "split")
+REPLACED = ("test/", "val_final/", "by_")  # what scoring replaces in a run's metrics.json
+CHUNK = 32  # cases predicted at once: memory stays bounded on a large dataset scored at original size
+ENSEMBLE_DIR = "ensemble"
+
+
+# -- what is scored ---------------------------------------------------------------------------------
+@dataclass
+class Cases:
+    """The cases a run is scored on. ``dataset_cfg`` None: each run's own test split (its split.json)."""
+
+    dataset_cfg: dict | None = None
+    ids: list[str] | None = None
+    description: str = "the run's own test split (split.json)"
+    split: dict | None = None  # split.json of the outputs (external datasets: the scored ids and a digest)
+
+
+def external_cases(overrides: Sequence[str], part: str) -> Cases:
+    """The dataset (and split) of ``overrides`` composed as ``python -m segbench`` would, with the case ids
+    of ``part`` (``all``: every case). Only ``dataset`` and ``split`` overrides are taken."""
+    wrong = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] not in OVERRIDE_GROUPS]
+    if wrong:
+        raise UserError(f"'{wrong[0]}': segbench.evaluate takes dataset=..., dataset.KEY=..., split=... and "
+                        "split.KEY=... overrides (the runs bring their own model and evaluation settings)")
+    cfg = compose_config(["experiment=none", *overrides])  # each preset's own values, not a recipe's
+    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+    dataset: SegDataset = build(cfg.dataset, "dataset")
+    ids = dataset.case_ids()
+    name = dataset_cfg.get("name") or next((o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")), "dataset")
+    if part == "all":
+        description = f"every case of {name} ({dataset.describe()})"
+    else:
+        splitter = build(cfg.split, "split")
+        split = splitter.make(ids, dataset.groups, dataset.group_order, dataset.group_key)
+        ids = split[part]
+        description = f"the {part} part of {name}'s {splitter.name} split {split['digest']} ({dataset.describe()})"
+    if not ids:
+        raise UserError(f"{description} holds no cases")
+    scored = {"train": [], "val": [], "test": list(ids)}
+    split = {**scored, "strategy": "evaluation", "dataset": name, "part": part,
+             "sizes": [0, 0, len(ids)], "digest": split_digest({"dataset": [str(name)], **scored})}
+    return Cases(dataset_cfg, list(ids), description, split)
+
+
+class Datasets:
+    """The evaluation dataset at each input size a run needs (each built once)."""
+
+    def __init__(self, base: dict, dataset_root: str | None = None) -> None:
+        self.base = dict(base, **({"root": dataset_root} if dataset_root else {}))
+        self.built: dict[int, SegDataset] = {}
+
+    def at(self, size: int) -> SegDataset:
+        if size not in self.built:
+            self.built[size] = build(OmegaConf.create({**self.base, "image_size": size}), "dataset")
+        return self.built[size]
+
+
+def check_classes(member: TrainedModel, dataset: SegDataset, description: str) -> None:
+    if member.num_classes != dataset.num_classes:
+        raise UserError(f"{member.run_dir.path} predicts num_classes={member.num_classes} (model.num_classes) but "
+                        f"{description} has num_classes={dataset.num_classes}; evaluate a run on a dataset of "
+                        "the same classes")
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+@dataclass
+class Scored:
+    """One output: the per-image columns of the scored cases and metrics.json's new entries."""
+
+    ids: list[str]
+    groups: list[str] | None
+    columns: dict[str, list[float]]
+    metrics: dict[str, Any]
+    group_key: str | None
+
+
+def _means(dataset: SegDataset, ids: list[str], groups: list[str] | None,
+           columns: dict[str, list[float]]) -> dict[str, Any]:
+    metrics: dict[str, Any] = dict(image_means(columns))
+    if groups is not None:
+        metrics[f"by_{dataset.group_key or 'group'}"] = by_group(columns, groups, dataset.group_order)
+    return metrics
+
+
+def _chunks(ids: Sequence[str]) -> list[list[str]]:
+    return [list(ids[i : i + CHUNK]) for i in range(0, len(ids), CHUNK)]
+
+
+def score_run(trained: TrainedModel, datasets: Datasets, cases: Cases) -> Scored:
+    """One run on external cases, with its own size, threshold, TTA, post-processing and resolution
+    (the logits resized to each original mask, as in training's test step)."""
+    dataset = datasets.at(trained.image_size)
+    check_classes(trained, dataset, cases.description)
+    settings = EvalSettings.from_config(trained.config.get("eval"))
+    original = settings.resolution == "original"
+    names = dataset.class_names if dataset.num_classes > 1 else None
+    columns: dict[str, list[float]] = {}
+    for chunk in _chunks(cases.ids or []):
+        part = dataset.arrays.subset(chunk)
+        logits = predict_tta(trained, part, trained.tta)  # (n, C, S, S)
+        masks = dataset.original_masks(chunk) if original else part.masks
+        for k, v in per_image(logits, masks, trained.threshold, trained.postprocess, names).items():
+            columns.setdefault(k, []).extend(v)
+    groups = dataset.arrays.subset(cases.ids).groups
+    metrics = _means(dataset, cases.ids, groups, columns)
+    metrics["threshold"] = trained.threshold
+    metrics["definitions"] = describe_scoring(
+        trained.threshold, "the run's own (chosen when it was trained)", None if original else trained.image_size,
+        trained.tta, trained.postprocess, dataset.num_classes > 1)
+    return Scored(list(cases.ids or []), groups, columns, metrics, dataset.group_key)
+
+
+def score_own_split(trained: TrainedModel, dataset_root: str | None) -> tuple[Scored, dict]:
+    """One run on its own split, as its training's test step scored it (the threshold chosen again on
+    val when the run chooses it); returns the scores and its split.json."""
+    config = trained.config
+    trained.batch_size = int(config["trainer"]["eval_batch_size"])  # the run's own evaluation batches
+    dataset = Datasets(config["dataset"], dataset_root).at(int(config["dataset"]["image_size"]))
+    split = trained.run_dir.read_split()
+    if not split:
+        raise DataError(f"'{trained.run_dir.split_json}' is missing: the run's own split cannot be scored; "
+                        "give a dataset=... to score it on")
+    parts = dataset.parts(split)
+    result = score_test(trained, build(config["loss"], "loss"), dataset, parts["val"], parts["test"],
+                        EvalSettings.from_config(config.get("eval")))
+    metrics = {**result.metrics, "threshold": result.threshold, "definitions": result.definitions}
+    return Scored(parts["test"].ids, parts["test"].groups, result.per_image, metrics, dataset.group_key), split
+
+
+def ensemble_resolution(ensemble: Ensemble) -> int | None:
+    """The input size the ensemble is scored at; None: each image's original size (a member scores at the
+    original size, or their input sizes differ)."""
+    sizes = {m.image_size for m in ensemble.members}
+    original = any(EvalSettings.from_config(m.config.get("eval")).resolution == "original" for m in ensemble.members)
+    return None if original or len(sizes) > 1 else sizes.pop()
+
+
+def score_ensemble(ensemble: Ensemble, datasets: Datasets, ids: list[str], description: str) -> Scored:
+    """The ensemble's mean probabilities on ``ids`` (:meth:`Ensemble.probabilities`), thresholded and
+    post-processed once, scored at :func:`ensemble_resolution`."""
+    for member in ensemble.members:
+        check_classes(member, datasets.at(member.image_size), description)
+    size = ensemble_resolution(ensemble)
+    first = datasets.at(ensemble.members[0].image_size)
+    names = first.class_names if first.num_classes > 1 else None
+    columns: dict[str, list[float]] = {}
+    for chunk in _chunks(ids):
+        masks = first.original_masks(chunk) if size is None else datasets.at(size).arrays.subset(chunk).masks
+        sizes = [tuple(m.shape[-2:]) for m in masks]
+        probs = ensemble.probabilities(lambda s: datasets.at(s).arrays.subset(chunk).images, sizes)
+        logits = [as_logits(p) for p in probs]
+        for k, v in per_image(logits, masks, ensemble.threshold, ensemble.postprocess, names).items():
+            columns.setdefault(k, []).extend(v)
+    groups = first.arrays.subset(ids).groups
+    metrics = _means(first, ids, groups, columns)
+    metrics["threshold"] = ensemble.threshold
+    tta = sorted({m.tta for m in ensemble.members})
+    metrics["definitions"] = {
+        **describe_scoring(ensemble.threshold, ensemble.threshold_mode, size,
+                           tta[0] if len(tta) == 1 else "/".join(tta), ensemble.postprocess, first.num_classes > 1),
+        "ensemble": "mean of the runs' probabilities (sigmoid, or softmax over classes), each run at its own "
+                    "input size and TTA, resized bilinearly to the scored size; then one threshold and "
+                    "post-processing",
+    }
+    return Scored(list(ids), groups, columns, metrics, first.group_key)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def output_names(runs: Sequence[RunDir]) -> list[str]:
+    """A directory name per run: its own name, made unique with -2, -3, ... (runs of several sweeps)."""
+    names: list[str] = []
+    for run in runs:
+        name, n = run.path.name or "run", 1
+        while (name if n == 1 else f"{name}-{n}") in names or (name if n == 1 else f"{name}-{n}") == ENSEMBLE_DIR:
+            n += 1
+        names.append(name if n == 1 else f"{name}-{n}")
+    return names
+
+
+def check_output(path: Path) -> None:
+    """An output dir is replaced only when it holds an earlier evaluation (never a training run)."""
+    out = RunDir(path)
+    if not path.exists() or not any(path.iterdir()):
+        return
+    try:
+        metrics = out.read_metrics()
+    except DataError:
+        metrics = {}
+    if "evaluated" not in metrics:
+        raise UserError(f"'{path}' exists and does not hold an earlier segbench.evaluate result (a training run, or "
+                        "other files); choose another --output")
+
+
+def write_output(out: RunDir, scored: Scored, base_metrics: dict, evaluated: dict, split: dict,
+                 hydra: dict[str, Any]) -> dict:
+    """metrics.json (the scores over the run's other records), test_per_image.csv, split.json and the Hydra
+    record the report reads."""
+    out.create()
+    for name, content in hydra.items():
+        write_text(out.hydra / name, yaml.safe_dump(content, sort_keys=False))
+    metrics = {k: v for k, v in base_metrics.items() if not k.startswith(REPLACED) and k not in ("rescored",)}
+    metrics.update(scored.metrics)
+    metrics["status"] = "done"
+    metrics["split_digest"] = split.get("digest")  # the scored cases (the report pairs runs by it)
+    metrics["evaluated"] = evaluated
+    out.write_split(split)
+    out.write_per_image(scored.ids, scored.columns, scored.groups, scored.group_key)
+    out.write_metrics(metrics)
+    return metrics
+
+
+def hydra_record(run: RunDir, config: dict) -> dict[str, Any]:
+    """What the report reads of a run's launch: its .hydra files, or (a run made by ``run(cfg)`` in Python)
+    its config with no overrides."""
+    record: dict[str, Any] = {"config.yaml": run.read_config() or config, "overrides.yaml": run.read_overrides()}
+    hydra = run.hydra / "hydra.yaml"
+    if hydra.is_file():
+        record["hydra.yaml"] = yaml.safe_load(hydra.read_text())
+    return record
+
+
+def ensemble_record(members: Sequence[TrainedModel]) -> dict[str, Any]:
+    """The ensemble's Hydra record for the report: the overrides its runs share (seeds aside), plus
+    ``ensemble=<n>``, so that it is a configuration of its own next to its runs."""
+    records = [set(defining_overrides(m.run_dir.read_overrides())) for m in members]
+    shared = sorted(set.intersection(*records)) if records else []
+    shared = [o for o in shared if o.split("=", 1)[0].lstrip("+~") != "seed"]
+    seeds = "+".join(str(m.config.get("seed")) for m in members)
+    return {"config.yaml": {**members[0].config, "seed": seeds},
+            "overrides.yaml": [*shared, f"ensemble={len(members)}"]}
+
+
+def _one_name(values: Sequence[Any]) -> str:
+    names = list(dict.fromkeys(str(v) for v in values))
+    return names[0] if len(names) == 1 else "+".join(names)
+
+
+# -- the command -------------------------------------------------------------------------------------
+def collect_runs(dirs: Sequence[str]) -> list[RunDir]:
+    """Run directories named directly (holding checkpoints/best.pt), or found below folders (sweeps)."""
+    runs: list[RunDir] = []
+    for d in dirs:
+        if RunDir(d).best_pt.is_file():
+            runs.append(RunDir(d))
+            continue
+        if not Path(d).is_dir():
+            raise UserError(f"'{d}' is neither a run directory nor a folder of them")
+        found = [r for r in find_runs([d]) if r.best_pt.is_file()]
+        if not found:
+            raise UserError(f"'{d}' holds no trained run (no checkpoints/best.pt below it)")
+        runs += found
+    return list({r.path.resolve(): r for r in runs}.values())
+
+
+def in_place(runs: Sequence[RunDir], device: str, dataset_root: str | None) -> int:
+    """``--in-place`` (``segbench.rescore``): each run's own test split scored again into its own files."""
+    failed = 0
+    for run in runs:
+        try:
+            old, new = rescore(run, device, dataset_root)
+        except SegbenchError as exc:
+            print(f"{run.path}: not rescored: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{run.path}: " + ", ".join(f"{k} {old.get(k, float('nan')):.4f} -> {new[k]:.4f}"
+                                          for k in ("test/iou", "test/dice", "test/hd95")))
+    return 1 if failed else 0
+
+
+def rescore(run_dir: RunDir, device: str = "cpu", dataset_root: str | None = None) -> tuple[dict, dict]:
+    """Score ``run_dir``'s best checkpoint on its own split again; rewrites its metrics.json and
+    test_per_image.csv (training results kept, the rescoring recorded under ``rescored``).
+    Returns (old metrics, new metrics)."""
+    old = run_dir.read_metrics()
+    if old.get("status") != "done":
+        raise SegbenchError(f"{run_dir.path}: status {old.get('status') or 'unknown'}; only finished runs are rescored")
+    scored, _ = score_own_split(load_trained(run_dir.path, "best", device), dataset_root)
+    new = {k: v for k, v in old.items() if not k.startswith(REPLACED)}
+    new.update(scored.metrics)
+    new["definitions"] = {**scored.metrics["definitions"], "checkpoint": old.get("definitions", {}).get("checkpoint")}
+    new["rescored"] = {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "by": "python -m segbench.evaluate --in-place",
+                       "before": {k: old.get(k) for k in ("test/iou", "test/dice", "test/hd95", "threshold")}}
+    run_dir.write_per_image(scored.ids, scored.columns, scored.groups, scored.group_key)
+    run_dir.write_metrics(new)
+    return old, new
+
+
+def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = (), part: str = "all",
+             ensemble: bool = False, device: str = "cpu", dataset_root: str | None = None,
+             threshold: float | None = None, postprocess: str | None = None) -> list[Path]:
+    """Score ``runs`` (and with ``ensemble`` their ensemble) into ``output``, then write the comparison
+    report there; returns the output run directories."""
+    for run in runs:
+        if run.read_metrics().get("status") != "done":
+            raise UserError(f"{run.path}: status {run.status()}; only finished runs are evaluated")
+    members = [load_trained(run.path, "best", device) for run in runs]
+    cases = external_cases(overrides, part) if overrides else Cases()
+    names = output_names(runs)
+    targets = [output / n for n in names] + ([output / ENSEMBLE_DIR] if ensemble else [])
+    for target in targets:
+        check_output(target)
+    group = Ensemble.of(members, threshold, postprocess) if ensemble else None  # errors before any scoring
+    datasets = Datasets(cases.dataset_cfg or members[0].config["dataset"], dataset_root)
+    if group is not None and cases.dataset_cfg is None:
+        digests = {m.run_dir.read_split().get("digest") for m in members}
+        if len(digests) > 1:
+            raise UserError(f"the runs do not share one test split ({len(digests)} split digests: k-fold models, or "
+                            "other split settings); an ensemble is scored on cases none of its runs trained on: "
+                            "give a dataset=... they did not see")
+    written = []
+    at = time.strftime("%Y-%m-%d %H:%M:%S")
+    for member, target in zip(members, targets):
+        log.info("scoring %s on %s", member.run_dir.path, cases.description)
+        if cases.dataset_cfg is None:
+            scored, split = score_own_split(member, dataset_root)
+        else:
+            scored, split = score_run(member, datasets, cases), cases.split or {}
+        evaluated = {"run": str(member.run_dir.path.resolve()), "checkpoint": "best", "cases": cases.description,
+                     "dataset": {**(cases.dataset_cfg or member.config["dataset"]), "image_size": member.image_size},
+                     "at": at,
+                     "by": "python -m segbench.evaluate"}
+        metrics = write_output(RunDir(target), scored, member.run_dir.read_metrics(), evaluated, split,
+                               hydra_record(member.run_dir, member.config))
+        log.info("%s: test IoU %.4f, Dice %.4f, HD95 %.2f (%d cases) -> %s", member.run_dir.path, metrics["test/iou"],
+                 metrics["test/dice"], metrics["test/hd95"], len(scored.ids), target)
+        written.append(target)
+    if group is not None:
+        ids = cases.ids if cases.ids is not None else members[0].run_dir.read_split()["test"]
+        description = cases.description if cases.dataset_cfg is not None else "the runs' common test split"
+        if cases.dataset_cfg is None:
+            datasets = Datasets(members[0].config["dataset"], dataset_root)
+        scored = score_ensemble(group, datasets, list(ids), description)
+        split = cases.split if cases.split is not None else members[0].run_dir.read_split()
+        evaluated = {"ensemble": [str(m.run_dir.path.resolve()) for m in members], "checkpoint": "best",
+                     "cases": description, "dataset": {**datasets.base, "image_size": "each run's own"}, "at": at, "by": "python -m segbench.evaluate --ensemble",
+                     "threshold": group.threshold, "postprocess": group.postprocess}
+        first = members[0].run_dir.read_metrics()
+        base = {"model": _one_name(m.run_dir.read_metrics().get("model") for m in members),
+                "loss": _one_name(m.run_dir.read_metrics().get("loss") for m in members),
+                "classes": first.get("classes", []), "provenance": first.get("provenance", {})}
+        metrics = write_output(RunDir(output / ENSEMBLE_DIR), scored, base, evaluated, split, ensemble_record(members))
+        log.info("ensemble of %d: test IoU %.4f, Dice %.4f, HD95 %.2f -> %s", len(members), metrics["test/iou"],
+                 metrics["test/dice"], metrics["test/hd95"], output / ENSEMBLE_DIR)
+        written.append(output / ENSEMBLE_DIR)
+    build_report([RunDir(p) for p in written], output)
+    return written
+
+
+@command("segbench.evaluate", catch=(FileNotFoundError, HydraException))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m segbench.evaluate", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("args", nargs="+", metavar="RUN_DIR|OVERRIDE",
+                        help="run directories or folders of them (sweeps); dataset=... / split=... overrides")
+    parser.add_argument("--output", "-o", type=Path, help="where the scores and the report go")
+    parser.add_argument("--part", choices=PARTS, default="all",
+                        help="with dataset=...: all of its cases (default), or one part of split=...")
+    parser.add_argument("--ensemble", action="store_true", help="also score the runs' ensemble (mean probabilities)")
+    parser.add_argument("--threshold", type=float, help="--ensemble: its threshold (default: the mean of the runs')")
+    parser.add_argument("--postprocess", help="--ensemble: none or largest (default: the runs' own, when they agree)")
+    parser.add_argument("--in-place", action="store_true",
+                        help="rewrite the runs' own metrics.json with their test split scored again (segbench.rescore)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, mps")
+    parser.add_argument("--dataset-root", help="where the runs' dataset is now, if it moved since they trained")
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the options
+    overrides = [a for a in args.args if "=" in a and not Path(a).exists()]
+    dirs = [a for a in args.args if a not in overrides]
+    if not dirs:
+        parser.error("no run directories given")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        parser.error(f"--threshold {args.threshold}: expected a number > 0 and < 1")
+    if (args.threshold is not None or args.postprocess is not None) and not args.ensemble:
+        parser.error("--threshold and --postprocess apply to --ensemble (a run scores with its own)")
+    if args.part != "all" and not overrides:
+        parser.error(f"--part {args.part} needs a dataset=... (a run's own split is scored on its test part)")
+    device = str(resolve_device(args.device))
+    if args.in_place:
+        if overrides or args.ensemble or args.output:
+            parser.error("--in-place rescores the runs' own test split into their own files: without dataset=..., "
+                         "--ensemble or --output")
+        runs = [r for d in dirs for r in ([RunDir(d)] if RunDir(d).best_pt.is_file() else find_runs([d]))]
+        if not runs:
+            raise UserError(f"no run directories in {' '.join(dirs)}")
+        return in_place(runs, device, args.dataset_root)
+    if args.output is None:
+        parser.error("--output DIR is required (or --in-place, to rescore the runs' own files)")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    runs = collect_runs(dirs)
+    written = evaluate(runs, args.output, overrides, args.part, args.ensemble, device, args.dataset_root,
+                       args.threshold, args.postprocess)
+    print(f"{len(written)} scored -> {args.output / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
