@@ -50,23 +50,38 @@ def plot_curves(run_dir: RunDir, title: str = "") -> Path:
     return run_dir.curves_png
 
 
+def worst_cases(scores: Sequence[float], count: int) -> list[int]:
+    """The positions of the ``count`` lowest ``scores`` (IoU per case), lowest first; ties in case order,
+    NaN last."""
+    order = sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]), scores[i], i))
+    return order[:count]
+
+
 def plot_predictions(run_dir: RunDir, part: SegArrays, logits: torch.Tensor, threshold: float, count: int,
-                     class_names: Sequence[str] | None = None) -> Path:
-    """:func:`prediction_figure` of the first ``count`` cases of ``part``, written to ``predictions.png``."""
-    fig = prediction_figure(part.subset(part.ids[:count]), logits[:count], threshold, class_names)
+                     class_names: Sequence[str] | None = None, scores: Sequence[float] | None = None) -> Path:
+    """:func:`prediction_figure` of the ``count`` cases of ``part`` with the lowest ``scores`` (the test
+    IoU per case as scored, in test_per_image.csv; without them, the IoU at the input size), worst first,
+    written to ``predictions.png``."""
+    shown = worst_cases(scores if scores is not None else
+                        image_metrics(logits.float().cpu(), part.masks.cpu(), threshold)["iou"].tolist(), count)
+    fig = prediction_figure(part.subset([part.ids[i] for i in shown]), logits[shown], threshold, class_names,
+                            [scores[i] for i in shown] if scores is not None else None)
+    fig.suptitle(f"the {len(shown)} test cases with the lowest IoU", fontsize=10)
+    fig.tight_layout()
     fig.savefig(run_dir.predictions_png, dpi=90)
     plt.close(fig)
     return run_dir.predictions_png
 
 
 def prediction_figure(shown: SegArrays, logits: torch.Tensor, threshold: float,
-                      class_names: Sequence[str] | None = None) -> plt.Figure:
+                      class_names: Sequence[str] | None = None, scores: Sequence[float] | None = None) -> plt.Figure:
     """image / mask / probability / prediction of each case of ``shown`` (logits (N, C, H, W) in its
-    order, on the CPU), one row each, with the case's IoU. Multi-class logits: image / mask / prediction
-    in class colours, with a legend of ``class_names``."""
+    order, on the CPU), one row each, with the case's IoU (``scores``, or computed here at this size).
+    Multi-class logits: image / mask / prediction in class colours, with a legend of ``class_names``."""
     logits = logits.float().cpu()
     shown = SegArrays(shown.images.cpu(), shown.masks.cpu(), shown.ids, shown.groups)
-    scores = image_metrics(logits, shown.masks, threshold)["iou"].tolist()
+    if scores is None:
+        scores = image_metrics(logits, shown.masks, threshold)["iou"].tolist()
     if logits.shape[1] > 1:
         return _class_grid(shown, logits.argmax(1), scores, class_names)
     return _prediction_grid(shown.images, shown.masks, torch.sigmoid(logits), shown.ids, scores, threshold)

@@ -43,13 +43,13 @@ def folder_tree(root: Path, n: int = 8, classes: int = 1) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two finished runs that score differently: A at 32 px (flips TTA, threshold chosen on val, largest
-    component), B at 48 px scored at the original resolution."""
+    """Two finished runs of two configurations that score differently: A at 32 px (flips TTA, threshold
+    chosen on val, largest component), B (Dice loss) at 48 px scored at the original resolution."""
     base = tmp_path_factory.mktemp("evaluate")
     a, b = base / "a", base / "b"
     run(compose_cfg([*TINY, "seed=0", "eval.tta=flips", "eval.threshold=auto", "eval.postprocess=largest",
                      f"output_dir={a}"]))
-    run(compose_cfg([*TINY, "seed=1", "dataset.image_size=48", "eval.resolution=original", "eval.threshold=0.4",
+    run(compose_cfg([*TINY, "seed=1", "loss=dice", "dataset.image_size=48", "eval.resolution=original", "eval.threshold=0.4",
                      f"output_dir={b}"]))
     return a, b
 
@@ -229,3 +229,38 @@ def test_an_ensemble_of_runs_with_other_test_splits_is_refused(runs, tmp_path, c
     (other / "split.json").write_text(json.dumps(split))
     assert evaluate.main([str(a), str(other), "-o", str(tmp_path / "e"), "--ensemble"]) == 2
     assert "do not share one test split" in capsys.readouterr().err
+
+
+def test_the_report_draws_the_cases_that_decide_the_comparison(runs, data, tmp_path):
+    """The evaluation's report names, and draws, the cases where the two runs' IoU differs most."""
+    a, b = runs
+    out = tmp_path / "eval"
+    assert evaluate.main([str(a), str(b), "dataset=folder", f"dataset.root={data}", "-o", str(out)]) == 0
+    iou = {d: {r["case"]: float(r["iou"]) for r in rows(out / d.name)} for d in (a, b)}
+    gap = {c: abs(iou[a][c] - iou[b][c]) for c in iou[a]}
+    top = sorted(gap, key=lambda c: (-gap[c], c))[0]
+    summary = (out / "summary.md").read_text()
+    section = summary[summary.index("## Cases that decide the comparison"):]
+    assert section.split("|---|---|---|---|\n")[1].startswith(f"| {top} |")
+    assert (out / "cases_differ.png").is_file() and (out / "cases_worst.png").is_file()
+    assert "redrawn from" in section
+
+
+def test_predictions_png_shows_the_worst_test_cases(tmp_path, monkeypatch):
+    """A run draws its lowest-IoU test cases (as recorded in test_per_image.csv), lowest first."""
+    from segbench import plotting
+
+    shown = []
+    figure = plotting.prediction_figure
+
+    def spy(part, logits, threshold, class_names=None, scores=None):
+        shown.append((list(part.ids), list(scores)))
+        return figure(part, logits, threshold, class_names, scores)
+
+    monkeypatch.setattr(plotting, "prediction_figure", spy)
+    out = tmp_path / "run"
+    run(compose_cfg([*TINY, "dataset.num_cases=16", "eval.num_predictions=2", f"output_dir={out}"]))
+    recorded = sorted(((float(r["iou"]), r["case"]) for r in rows(out)), key=lambda t: (t[0],))
+    ids, scores = shown[-1]
+    assert scores == [s for s, _ in recorded[:2]] and len(ids) == 2
+    assert {c for s, c in recorded if s <= scores[-1]} >= set(ids)

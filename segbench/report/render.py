@@ -14,7 +14,7 @@ import numpy as np
 
 from ..runs import RunDir
 from ..runs.atomic import write_csv
-from . import plots
+from . import gallery, plots
 from .collect import NUMBERS, RunRecord, configurations, describe_family, load_run, split_common_overrides
 from .pooling import Comparison, markdown as statistics_markdown, pairwise, pool, statistics
 
@@ -220,6 +220,8 @@ def build_report(run_dirs: Sequence[RunDir], out_dir: Path, metric: str = "iou",
                                       "seed": r.seed, "status": r.status, "monitor": r.monitor, **r.numbers,
                                       "split": r.split, "error": r.error} for r in rows], run_columns)
     markdown = _markdown(table, rows, split_note, common, classes) + "\n".join(statistics_markdown(result, metric))
+    by_iou = result if metric == "iou" else statistics(pooled, "iou", key if wanted else None)
+    markdown += "\n".join(gallery.draw(configurations(rows), pooled, by_iou["reference"], out_dir))
     search = out_dir / "search.md"  # a search's own part (segbench.search.report), written before the report
     if search.is_file():
         markdown += "\n" + search.read_text()
