@@ -39,6 +39,7 @@ from omegaconf import OmegaConf
 from .build import build
 from .config import compose_config, defining_overrides
 from .data import SegDataset
+from .data.files import FileDataset
 from .engine import resolve_device
 from .errors import DataError, SegbenchError, UserError, command
 from .inference import Ensemble, TrainedModel, as_logits, load_trained
@@ -51,7 +52,7 @@ from .splits import split_digest
 log = logging.getLogger(__name__)
 
 PARTS = ("all", "train", "val", "test")
-OVERRIDE_GROUPS = ("dataset", "split")
+OVERRIDE_GROUPS = ("dataset", "split", "cache_dir")  # what evaluate takes of the config
 REPLACED = ("test/", "val_final/", "by_")  # what scoring replaces in a run's metrics.json
 CHUNK = 32  # cases predicted at once: memory stays bounded on a large dataset scored at original size
 ENSEMBLE_DIR = "ensemble"
@@ -73,8 +74,9 @@ def external_cases(overrides: Sequence[str], part: str) -> Cases:
     of ``part`` (``all``: every case). Only ``dataset`` and ``split`` overrides are taken."""
     wrong = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] not in OVERRIDE_GROUPS]
     if wrong:
-        raise UserError(f"'{wrong[0]}': segbench.evaluate takes dataset=..., dataset.KEY=..., split=... and "
-                        "split.KEY=... overrides (the runs bring their own model and evaluation settings)")
+        raise UserError(f"'{wrong[0]}': segbench.evaluate takes dataset=..., dataset.KEY=..., split=..., "
+                        "split.KEY=... and cache_dir=... overrides (the runs bring their own model and evaluation "
+                        "settings)")
     cfg = compose_config(["experiment=none", *overrides])  # each preset's own values, not a recipe's
     dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
     dataset: SegDataset = build(cfg.dataset, "dataset")
@@ -84,7 +86,9 @@ def external_cases(overrides: Sequence[str], part: str) -> Cases:
         description = f"every case of {name} ({dataset.describe()})"
     else:
         splitter = build(cfg.split, "split")
-        split = splitter.make(ids, dataset.groups, dataset.group_order, dataset.group_key)
+        # a file dataset names its groups without decoding an image (the runs decode at their own sizes)
+        groups = dataset.read_groups(ids) if isinstance(dataset, FileDataset) else dataset.groups
+        split = splitter.make(ids, groups, dataset.group_order, dataset.group_key)
         ids = split[part]
         description = f"the {part} part of {name}'s {splitter.name} split {split['digest']} ({dataset.describe()})"
     if not ids:

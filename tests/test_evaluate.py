@@ -264,3 +264,15 @@ def test_predictions_png_shows_the_worst_test_cases(tmp_path, monkeypatch):
     ids, scores = shown[-1]
     assert scores == [s for s, _ in recorded[:2]] and len(ids) == 2
     assert {c for s, c in recorded if s <= scores[-1]} >= set(ids)
+
+
+def test_part_test_of_a_grouped_dataset_is_the_split_training_makes(fake_ph2, tmp_path):
+    """--part test reads PH2's diagnoses without decoding an image, and gets the stratified split a run
+    trained on that dataset has (so a PH2 model's test part can be named from another run)."""
+    from segbench.build import build
+
+    overrides = ["dataset=ph2", f"dataset.root={fake_ph2}", "split.sizes=[3,3,3]", f"cache_dir={tmp_path}"]
+    cfg = compose_cfg([*overrides, "dataset.image_size=16"])
+    dataset = build(cfg.dataset, "dataset")
+    split = build(cfg.split, "split").make(dataset.ids, dataset.groups, dataset.group_order, dataset.group_key)
+    assert evaluate.external_cases(overrides, "test").ids == split["test"]

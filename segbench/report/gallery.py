@@ -89,7 +89,7 @@ def source_of(runs: Sequence[RunRecord], case: str) -> RunRecord | None:
 
 
 def _figure(cases: Sequence[str], pair: Sequence[Pooled], images: dict, truths: dict, predictions: dict,
-            title: str) -> plt.Figure:
+            drawn: dict, title: str) -> plt.Figure:
     n = len(cases)
     height = 3.1 * n + 0.4
     fig, axes = plt.subplots(n, 3, figsize=(9.6, height), squeeze=False)
@@ -97,7 +97,8 @@ def _figure(cases: Sequence[str], pair: Sequence[Pooled], images: dict, truths: 
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.75 / height, wspace=0.05, hspace=0.25)
     for i, case in enumerate(cases):
         panels = [(None, f"{case}: expert outline (green)")]
-        panels += [(c, f"{c.label}\nIoU {c.scores['iou'].get(case, math.nan):.3f}") for c in pair]
+        panels += [(c, f"{c.label}\nIoU {c.scores['iou'].get(case, math.nan):.3f} (drawn: {drawn[(c.key, case)]})")
+                   for c in pair]
         for ax, (config, name) in zip(axes[i], panels):
             ax.imshow(images[case])
             ax.contour(truths[case], levels=[0.5], colors="lime", linewidths=1.2)
@@ -166,7 +167,8 @@ def _draw(groups: dict[tuple, list[RunRecord]], pair: Sequence[Pooled], differ: 
         predictions[(key, case)] = source.predict(images[case])
     for name, shown, title in ((DIFFER_PNG, differ, "the test cases where the two differ most"),
                                (WORST_PNG, worst, "each one's lowest-IoU test cases")):
-        fig = _figure(shown, pair, images, truths, predictions, f"{title} (IoU as recorded; drawn at {size} px)")
+        drawn = {k: source.path.name for k, source in needed.items()}
+        fig = _figure(shown, pair, images, truths, predictions, drawn, f"{title} (IoU as recorded; drawn at {size} px)")
         fig.savefig(out_dir / name, dpi=80)
         plt.close(fig)
     return ", ".join(f"`{p}`" for p in sources) + f" at {size} px"
