@@ -64,6 +64,7 @@ def test_flexible_unet_has_no_unused_weights(backbone):
     ({"backbone": "resnet181"}, "did you mean 'resnet18'"),
     ({"pretrained": "yes"}, "pretrained='yes' is invalid; expected true or false"),
     ({"base_width": 0}, "base_width=0 is invalid; expected an integer >= 1"),
+    ({"bn_momentum": 0}, "bn_momentum=0 is invalid; expected a number > 0 and <= 1"),
 ])
 def test_flexible_unet_bad_arguments(kwargs, message):
     from segbench.models import FlexibleUNet
@@ -88,3 +89,14 @@ def test_without_monai_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "monai.networks.nets", None)  # what an install without it raises: ImportError
     with pytest.raises(UserError, match=r'model=monai_attention_unet needs the package \'monai\'.*segbench\[monai\]'):
         AttentionUNet()
+
+
+def test_flexible_unet_batch_norm_momentum():
+    """PyTorch's default momentum on every batch norm (MONAI's EfficientNet has TensorFlow's 0.01), or MONAI's."""
+    from segbench.models import FlexibleUNet
+
+    def momenta(model):
+        return {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    assert momenta(FlexibleUNet(base_width=4)) == {0.1}
+    assert momenta(FlexibleUNet(base_width=4, bn_momentum=None)) == {0.01, 0.1}  # encoder 0.01, decoder 0.1
