@@ -270,9 +270,9 @@ def hydra_record(run: RunDir, config: dict) -> dict[str, Any]:
     """What the report reads of a run's launch: its .hydra files, or (a run made by ``run(cfg)`` in Python)
     its config with no overrides."""
     record: dict[str, Any] = {"config.yaml": run.read_config() or config, "overrides.yaml": run.read_overrides()}
-    hydra = run.hydra / "hydra.yaml"
-    if hydra.is_file():
-        record["hydra.yaml"] = yaml.safe_load(hydra.read_text())
+    choices = run.read_choices()  # what the report reads of hydra.yaml (a damaged file: a DataError naming it)
+    if choices:
+        record["hydra.yaml"] = {"hydra": {"runtime": {"choices": choices}}}
     return record
 
 
@@ -357,7 +357,12 @@ def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = ()
     for target in targets:
         check_output(target)
     group = Ensemble.of(members, threshold, postprocess) if ensemble else None  # errors before any scoring
-    datasets = Datasets(cases.dataset_cfg or members[0].config["dataset"], dataset_root)
+    if cases.dataset_cfg is not None:  # the dataset's root is in the overrides (--dataset-root: a run's own data)
+        datasets = Datasets(cases.dataset_cfg)
+        for member in members:  # every run checked before any is scored (building reads no image)
+            check_classes(member, datasets.at(member.image_size), cases.description)
+    else:
+        datasets = Datasets(members[0].config["dataset"], dataset_root)
     if group is not None and cases.dataset_cfg is None:
         digests = {m.run_dir.read_split().get("digest") for m in members}
         if len(digests) > 1:
@@ -384,8 +389,6 @@ def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = ()
     if group is not None:
         ids = cases.ids if cases.ids is not None else members[0].run_dir.read_split()["test"]
         description = cases.description if cases.dataset_cfg is not None else "the runs' common test split"
-        if cases.dataset_cfg is None:
-            datasets = Datasets(members[0].config["dataset"], dataset_root)
         scored = score_ensemble(group, datasets, list(ids), description)
         split = cases.split if cases.split is not None else members[0].run_dir.read_split()
         evaluated = {"ensemble": [str(m.run_dir.path.resolve()) for m in members], "checkpoint": "best",
@@ -428,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threshold {args.threshold}: expected a number > 0 and < 1")
     if (args.threshold is not None or args.postprocess is not None) and not args.ensemble:
         parser.error("--threshold and --postprocess apply to --ensemble (a run scores with its own)")
+    if args.dataset_root and overrides:
+        parser.error("--dataset-root is where the runs' own dataset moved; with dataset=..., give dataset.root=...")
     if args.part != "all" and not overrides:
         parser.error(f"--part {args.part} needs a dataset=... (a run's own split is scored on its test part)")
     device = str(resolve_device(args.device))
