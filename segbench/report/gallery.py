@@ -73,7 +73,7 @@ class Source:
             self.size = self.model.image_size
             dataset = evaluated.get("dataset") or self.model.config["dataset"]
         self.dataset = {k: v for k, v in dataset.items() if k != "image_size"}
-        self.path = record.path
+        self.path = Path(evaluated.get("run") or record.path)  # the trained run (an evaluation: the one it scored)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> the foreground (H, W) bool."""
