@@ -182,3 +182,28 @@ def test_a_missing_optuna_names_the_extra(monkeypatch, capsys):
     assert exit_info.value.code == 2
     assert "needs the package 'optuna', which is not installed: pip install \"segbench[search]\"" in \
         capsys.readouterr().err
+
+
+def test_the_direction_follows_the_monitor_and_a_contradiction_is_named(tmp_path):
+    """direction=auto is the monitor's (what each trial returns); an explicit one against it fails before any
+    trial, as a message with exit status 2."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.segbench_search.sweeper import OptunaSweeper
+
+    def direction(setting, trainer, fixed=None):
+        sweeper = OptunaSweeper(direction=setting)
+        sweeper.config = OmegaConf.create({"trainer": trainer})
+        return sweeper._direction(fixed or {})
+
+    assert direction("auto", {"monitor": "val/iou", "monitor_mode": "auto"}) == "maximize"
+    assert direction("auto", {"monitor": "val/loss", "monitor_mode": "auto"}) == "minimize"
+    assert direction("auto", {"monitor": "val/iou", "monitor_mode": "auto"}, {"trainer.monitor": "val/hd95"}) == "minimize"
+    assert direction("minimize", {"monitor": "val/dice", "monitor_mode": "min"}) == "minimize"
+    with pytest.raises(UserError, match="hydra.sweeper.direction=maximize, but each trial returns "
+                                        "trainer.monitor=val/loss, which is minimized"):
+        direction("maximize", {"monitor": "val/loss", "monitor_mode": "auto"})
+    result = run_cli([*SEARCH, "trainer.monitor=val/loss", "hydra.sweeper.direction=maximize",
+                      f"hydra.sweep.dir={tmp_path / 's'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "segbench: error: hydra.sweeper.direction=maximize" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "s" / "trial_0").exists()

@@ -36,14 +36,14 @@ JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.Jobli
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, sampler: Any = None, direction: str = "maximize", storage: str | None = None,
+    def __init__(self, sampler: Any = None, direction: str = "auto", storage: str | None = None,
                  study_name: str = "segbench", n_trials: int = 20, n_jobs: int = 1, max_failure_rate: float = 0.5,
                  params: Any = None, pruner: str | None = "none") -> None:
         from segbench.search.trial import PRUNERS
         from segbench.validation import check_choice, check_int, check_number
 
         self.sampler_config = sampler
-        self.direction = check_choice("hydra.sweeper.direction", str(direction), ("maximize", "minimize"))
+        self.direction = check_choice("hydra.sweeper.direction", str(direction), ("auto", "maximize", "minimize"))
         self.storage = None if storage in (None, "null") else str(storage)
         self.study_name = str(study_name)
         self.n_trials = check_int("hydra.sweeper.n_trials", n_trials, low=1)
@@ -67,6 +67,16 @@ class OptunaSweeper(Sweeper):
 
     # -- the search -------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
+        """The search; bad settings (the space, the direction) end it as ``segbench`` ends on bad input: the
+        message and exit status 2, no traceback (Hydra would print one)."""
+        from segbench.errors import SegbenchError, report
+
+        try:
+            self._sweep(arguments)
+        except SegbenchError as exc:
+            raise SystemExit(report("segbench", exc)) from None
+
+    def _sweep(self, arguments: list[str]) -> None:
         import optuna
 
         from segbench.engine.device import usable_cores
@@ -79,7 +89,8 @@ class OptunaSweeper(Sweeper):
         params = [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments)
         space, fixed = search_space(params)
         epochs = int(self.config.trainer.epochs) if "trainer" in self.config else 1
-        study = open_study(self.study_name, storage_of(self.storage, self.sweep_dir), self.direction,
+        direction = self._direction(fixed)
+        study = open_study(self.study_name, storage_of(self.storage, self.sweep_dir), direction,
                            pruner=make_pruner(self.pruner, epochs))
         retried = recover_dead_trials(study)
         if retried:
@@ -116,6 +127,23 @@ class OptunaSweeper(Sweeper):
                           failures, self.max_failure_rate, self.n_trials)
                 break
         write_search_report(study, self.sweep_dir, fixed, self.config)
+
+    def _direction(self, fixed: dict[str, Any]) -> str:
+        """The study's direction: the monitored metric's (``trainer.monitor`` and ``trainer.monitor_mode``,
+        what each trial returns) for ``auto``; a direction that contradicts it is an error before any trial."""
+        from segbench.engine.callbacks import Monitor
+        from segbench.errors import UserError
+
+        trainer = self.config.get("trainer") or {}
+        key = str(fixed.get("trainer.monitor", trainer.get("monitor", "val/iou")))
+        mode = str(fixed.get("trainer.monitor_mode", trainer.get("monitor_mode", "auto")))
+        monitor = Monitor(key, mode)
+        wanted = "maximize" if monitor.mode == "max" else "minimize"
+        if self.direction not in ("auto", wanted):
+            raise UserError(f"hydra.sweeper.direction={self.direction}, but each trial returns trainer.monitor={key}, "
+                            f"which is {wanted[:-1]}ed (trainer.monitor_mode={monitor.mode}); leave "
+                            "hydra.sweeper.direction=auto (the monitor's direction), or change the monitor")
+        return wanted
 
     def _sampler(self, existing: int) -> Any:
         """The configured sampler, its seed offset by the trials the study has (a second launch draws new
