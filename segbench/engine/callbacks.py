@@ -219,7 +219,7 @@ class EarlyStopping(Callback):
         if self.wait >= self.patience:
             self.stopped_epoch = int(row["epoch"])
             trainer.stop_requested = True
-            log.info("early stopping after epoch %d: %s has not improved by more than %g for %d epochs",
+            log.info("early stopping after epoch %d: %s has not improved by more than %g for %d validations",
                      self.stopped_epoch, self.monitor.key, self.min_delta, self.patience)
 
     def state_dict(self) -> dict:
