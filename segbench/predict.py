@@ -134,8 +134,9 @@ def split_runs(paths: list[str], ensemble: bool) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m segbench.predict", description=__doc__.split("\n\n")[1],
+        usage="%(prog)s RUN_DIR [RUN_DIR ... --ensemble] INPUT [INPUT ...] [--output DIR] [options]",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="RUN_DIR [RUN_DIR ...] INPUT",
+    parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="a finished run directory (holds checkpoints/best.pt), with --ensemble several; then "
                              "image files, folders of images, or globs ('scans/*.jpg')")
     parser.add_argument("--ensemble", action="store_true",
