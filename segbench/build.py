@@ -21,7 +21,7 @@ from .engine.callbacks import (
 )
 from .engine.loop import val_columns
 from .engine.schedule import Schedule
-from .errors import UserError
+from .errors import DataError, UserError
 from .runs import HISTORY_COLUMNS, RunDir
 from .validation import InvalidValue, check_choice
 
@@ -48,6 +48,36 @@ def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
         if error is None:
             raise
         raise error from exc.__cause__
+
+
+def saved_targets(node: Any) -> list[str]:
+    """Every ``_target_`` in a config node (nested ones too), in order."""
+    if isinstance(node, (dict, DictConfig)):
+        items = node.items() if isinstance(node, dict) else ((k, node[k]) for k in node)
+        found = [str(node["_target_"])] if "_target_" in node else []
+        return found + [t for k, v in items if k != "_target_" for t in saved_targets(v)]
+    if isinstance(node, (list, tuple)):
+        return [t for v in node for t in saved_targets(v)]
+    return []
+
+
+def build_saved(node: Any, group: str, base: type, source: str) -> Any:
+    """:func:`build` for a config read from a file someone else may have written (a checkpoint, a run or an
+    evaluation record): every ``_target_`` in it must name a class derived from ``base`` (``nn.Module`` for
+    models and losses, ``SegDataset`` for datasets), so that the file cannot make segbench call anything
+    else. Hydra's own blocklist refuses ``os.system`` and the like, but not every callable (``builtins.open``
+    is allowed). A refused target is a DataError naming ``source``."""
+    for target in saved_targets(node):
+        try:
+            located = get_class(target)  # imports the module; a function or other non-class is a ValueError
+        except Exception as exc:  # noqa: BLE001 - whatever a missing or odd target raises
+            raise DataError(f"{source} names the {group} target '{target}', which is not a class segbench can "
+                            f"import ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); a saved "
+                            f"config builds only {base.__name__} classes") from None
+        if not (inspect.isclass(located) and issubclass(located, base)):
+            raise DataError(f"{source} names the {group} target '{target}', which is not a {base.__name__} class; "
+                            f"a saved config builds only {base.__name__} classes")
+    return build(node if isinstance(node, DictConfig) else OmegaConf.create(node), group)
 
 
 def optimizer_options(make_optimizer: Callable, optimizer_cfg: Any, device: torch.device) -> dict[str, Any]:

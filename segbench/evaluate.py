@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+from torch import nn
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from .build import build
+from .build import build, build_saved
 from .config import compose_config, defining_overrides
 from .data import SegDataset
 from .data.files import FileDataset
@@ -100,15 +101,17 @@ def external_cases(overrides: Sequence[str], part: str) -> Cases:
 
 
 class Datasets:
-    """The evaluation dataset at each input size a run needs (each built once)."""
+    """The evaluation dataset at each input size a run needs (each built once). ``source`` names where its
+    config comes from: a run's checkpoint is someone else's file, whose config builds only a dataset class."""
 
-    def __init__(self, base: dict, dataset_root: str | None = None) -> None:
+    def __init__(self, base: dict, dataset_root: str | None = None, source: str = "the command line") -> None:
         self.base = dict(base, **({"root": dataset_root} if dataset_root else {}))
+        self.source = source
         self.built: dict[int, SegDataset] = {}
 
     def at(self, size: int) -> SegDataset:
         if size not in self.built:
-            self.built[size] = build(OmegaConf.create({**self.base, "image_size": size}), "dataset")
+            self.built[size] = build_saved({**self.base, "image_size": size}, "dataset", SegDataset, self.source)
         return self.built[size]
 
 
@@ -172,13 +175,14 @@ def score_own_split(trained: TrainedModel, dataset_root: str | None) -> tuple[Sc
     val when the run chooses it); returns the scores and its split.json."""
     config = trained.config
     trained.batch_size = int(config["trainer"]["eval_batch_size"])  # the run's own evaluation batches
-    dataset = Datasets(config["dataset"], dataset_root).at(int(config["dataset"]["image_size"]))
+    source = f"the checkpoint of {trained.run_dir.path}"
+    dataset = Datasets(config["dataset"], dataset_root, source).at(int(config["dataset"]["image_size"]))
     split = trained.run_dir.read_split()
     if not split:
         raise DataError(f"'{trained.run_dir.split_json}' is missing: the run's own split cannot be scored; "
                         "give a dataset=... to score it on")
     parts = dataset.parts(split)
-    result = score_test(trained, build(config["loss"], "loss"), dataset, parts["val"], parts["test"],
+    result = score_test(trained, build_saved(config["loss"], "loss", nn.Module, source), dataset, parts["val"], parts["test"],
                         EvalSettings.from_config(config.get("eval")))
     metrics = {**result.metrics, "threshold": result.threshold, "definitions": result.definitions}
     return Scored(parts["test"].ids, parts["test"].groups, result.per_image, metrics, dataset.group_key), split
@@ -362,7 +366,7 @@ def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = ()
         for member in members:  # every run checked before any is scored (building reads no image)
             check_classes(member, datasets.at(member.image_size), cases.description)
     else:
-        datasets = Datasets(members[0].config["dataset"], dataset_root)
+        datasets = Datasets(members[0].config["dataset"], dataset_root, f"the checkpoint of {members[0].run_dir.path}")
     if group is not None and cases.dataset_cfg is None:
         digests = {m.run_dir.read_split().get("digest") for m in members}
         if len(digests) > 1:

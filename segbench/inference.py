@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .build import build
+from .build import build_saved
 from .config import upgrade_config
 from .data import SegArrays
 from .data.arrays import resize_image
 from hydra.errors import InstantiationException
 
 from .engine.normalize import Normalize, Normalizer
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, DataError, UserError
 from .scoring import POSTPROCESS, EvalSettings, predict_classes, predict_masks, predict_tta
 from .validation import check_choice
 from .runs import RunDir
@@ -210,8 +210,10 @@ def load_trained(run_dir: str | Path, which: str = "best", device: torch.device 
     config: dict[str, Any] = upgrade_config(state.get("config") or {})  # a run from before 0.2: today's keys
     if "model" not in config:
         raise UserError(f"the checkpoint '{path}' holds no run config; it was not written by segbench")
-    try:  # the config is data from someone else: Hydra refuses executable targets (os.system, eval, ...)
-        model = build(config["model"], "model")
+    try:  # the config is data from someone else: only an nn.Module class is built from it
+        model = build_saved(config["model"], "model", nn.Module, f"the checkpoint '{path}'")
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
     except InstantiationException as exc:
         raise CheckpointError(f"the checkpoint '{path}' names a model that cannot be built: "
                               f"{str(exc).splitlines()[0]}") from exc

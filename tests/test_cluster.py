@@ -220,9 +220,45 @@ def test_a_saved_config_cannot_name_an_executable_target(tmp_path):
         state["config"]["model"] = {"_target_": "os.system", "command": f"touch {marker}"}
         path.unlink()
         torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r"'os.system' is blocklisted"):
+    with pytest.raises(CheckpointError, match=r"names the model target 'os.system', which is not a class"):
         load_trained(out)
     assert not marker.exists()
+    # a callable Hydra's blocklist lets through (builtins.open would truncate the file) is refused too
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in ("best.pt", "last.pt"):
+        path = out / "checkpoints" / name
+        state = torch.load(path, weights_only=True)
+        state["config"]["model"] = {"_target_": "builtins.open", "_args_": [str(victim), "w"]}
+        path.unlink()
+        torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"'builtins.open', which is not a class"):
+        load_trained(out)
+    assert victim.read_text() == "keep me"
+
+
+def test_a_saved_config_builds_only_classes_of_its_kind(tmp_path):
+    """build_saved: every _target_ (nested ones too) must be a class of the expected base before anything is
+    called; the config's own classes build as usual."""
+    from torch import nn
+
+    from segbench.build import build_saved
+    from segbench.data import SegDataset
+    from segbench.errors import DataError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    opener = {"_target_": "builtins.open", "_args_": [str(victim), "w"]}
+    combo = {"_target_": "segbench.losses.ComboLoss", "losses": {"bce": opener}, "weights": {"bce": 1.0}}
+    for node, base, why in ((opener, SegDataset, "not a class"), (combo, nn.Module, "'builtins.open'"),
+                            ({"_target_": "segbench.losses.BCELoss"}, SegDataset, "not a SegDataset class"),
+                            ({"_target_": "no_such_module.Thing"}, nn.Module, "not a class segbench can import")):
+        with pytest.raises(DataError, match=why):
+            build_saved(node, "x", base, "a file")
+    assert victim.read_text() == "keep me"
+    loss = build_saved({"_target_": "segbench.losses.ComboLoss", "losses": {"bce": {"_target_": "segbench.losses.BCELoss"}},
+                        "weights": {"bce": 1.0}}, "loss", nn.Module, "a file")
+    assert isinstance(loss, nn.Module)
 
 
 def test_provenance_is_recorded_and_the_report_warns_on_mixed_setups(tmp_path):

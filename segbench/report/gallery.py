@@ -19,9 +19,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from ..build import build  # noqa: E402
+from ..build import build_saved  # noqa: E402
+from ..data import SegDataset  # noqa: E402
 from ..errors import SegbenchError  # noqa: E402
 from ..inference import Ensemble, load_trained  # noqa: E402
 from ..runs import RunDir  # noqa: E402
@@ -73,6 +73,7 @@ class Source:
             self.size = self.model.image_size
             dataset = evaluated.get("dataset") or self.model.config["dataset"]
         self.dataset = {k: v for k, v in dataset.items() if k != "image_size"}
+        self.source = f"'{RunDir(record.path).metrics_json}'" if evaluated else f"the checkpoint of {record.path}"
         self.path = Path(evaluated.get("run") or record.path)  # the trained run (an evaluation: the one it scored)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
@@ -159,7 +160,7 @@ def _draw(groups: dict[tuple, list[RunRecord]], pair: Sequence[Pooled], differ: 
             needed[(config.key, case)] = sources[record.path]
     first = next(iter(sources.values()))
     size = max(s.size for s in sources.values())  # no run sees an image smaller than its own input
-    dataset = build(OmegaConf.create({**first.dataset, "image_size": size}), "dataset")
+    dataset = build_saved({**first.dataset, "image_size": size}, "dataset", SegDataset, first.source)
     arrays = dataset.arrays.subset(cases)
     images = {c: arrays.images[i].permute(1, 2, 0).numpy() for i, c in enumerate(cases)}
     truths = {c: arrays.masks[i, 0].numpy() > 0 for i, c in enumerate(cases)}
