@@ -82,7 +82,8 @@ def external_cases(overrides: Sequence[str], part: str) -> Cases:
     dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
     dataset: SegDataset = build(cfg.dataset, "dataset")
     ids = dataset.case_ids()
-    name = dataset_cfg.get("name") or next((o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")), "dataset")
+    preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")), "dataset")
+    name = dataset_cfg.get("name") or preset
     if part == "all":
         description = f"every case of {name} ({dataset.describe()})"
     else:
@@ -134,8 +135,7 @@ class Scored:
     group_key: str | None
 
 
-def _means(dataset: SegDataset, ids: list[str], groups: list[str] | None,
-           columns: dict[str, list[float]]) -> dict[str, Any]:
+def _means(dataset: SegDataset, groups: list[str] | None, columns: dict[str, list[float]]) -> dict[str, Any]:
     metrics: dict[str, Any] = dict(image_means(columns))
     if groups is not None:
         metrics[f"by_{dataset.group_key or 'group'}"] = by_group(columns, groups, dataset.group_order)
@@ -162,7 +162,7 @@ def score_run(trained: TrainedModel, datasets: Datasets, cases: Cases) -> Scored
         for k, v in per_image(logits, masks, trained.threshold, trained.postprocess, names).items():
             columns.setdefault(k, []).extend(v)
     groups = dataset.arrays.subset(cases.ids).groups
-    metrics = _means(dataset, cases.ids, groups, columns)
+    metrics = _means(dataset, groups, columns)
     metrics["threshold"] = trained.threshold
     metrics["definitions"] = describe_scoring(
         trained.threshold, "the run's own (chosen when it was trained)", None if original else trained.image_size,
@@ -182,8 +182,9 @@ def score_own_split(trained: TrainedModel, dataset_root: str | None) -> tuple[Sc
         raise DataError(f"'{trained.run_dir.split_json}' is missing: the run's own split cannot be scored; "
                         "give a dataset=... to score it on")
     parts = dataset.parts(split)
-    result = score_test(trained, build_saved(config["loss"], "loss", nn.Module, source), dataset, parts["val"], parts["test"],
-                        EvalSettings.from_config(config.get("eval")))
+    loss = build_saved(config["loss"], "loss", nn.Module, source)
+    settings = EvalSettings.from_config(config.get("eval"))
+    result = score_test(trained, loss, dataset, parts["val"], parts["test"], settings)
     metrics = {**result.metrics, "threshold": result.threshold, "definitions": result.definitions}
     return Scored(parts["test"].ids, parts["test"].groups, result.per_image, metrics, dataset.group_key), split
 
@@ -213,7 +214,7 @@ def score_ensemble(ensemble: Ensemble, datasets: Datasets, ids: list[str], descr
         for k, v in per_image(logits, masks, ensemble.threshold, ensemble.postprocess, names).items():
             columns.setdefault(k, []).extend(v)
     groups = first.arrays.subset(ids).groups
-    metrics = _means(first, ids, groups, columns)
+    metrics = _means(first, groups, columns)
     metrics["threshold"] = ensemble.threshold
     tta = sorted({m.tta for m in ensemble.members})
     metrics["definitions"] = {
@@ -231,10 +232,12 @@ def output_names(runs: Sequence[RunDir]) -> list[str]:
     """A directory name per run: its own name, made unique with -2, -3, ... (runs of several sweeps)."""
     names: list[str] = []
     for run in runs:
-        name, n = run.path.name or "run", 1
-        while (name if n == 1 else f"{name}-{n}") in names or (name if n == 1 else f"{name}-{n}") == ENSEMBLE_DIR:
+        base = run.path.name or "run"
+        name, n = base, 1
+        while name in names or name == ENSEMBLE_DIR:
             n += 1
-        names.append(name if n == 1 else f"{name}-{n}")
+            name = f"{base}-{n}"
+        names.append(name)
     return names
 
 
@@ -396,7 +399,8 @@ def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = ()
         scored = score_ensemble(group, datasets, list(ids), description)
         split = cases.split if cases.split is not None else members[0].run_dir.read_split()
         evaluated = {"ensemble": [str(m.run_dir.path.resolve()) for m in members], "checkpoint": "best",
-                     "cases": description, "dataset": {**datasets.base, "image_size": "each run's own"}, "at": at, "by": "python -m segbench.evaluate --ensemble",
+                     "cases": description, "dataset": {**datasets.base, "image_size": "each run's own"}, "at": at,
+                     "by": "python -m segbench.evaluate --ensemble",
                      "threshold": group.threshold, "postprocess": group.postprocess}
         first = members[0].run_dir.read_metrics()
         base = {"model": _one_name(m.run_dir.read_metrics().get("model") for m in members),
@@ -413,7 +417,8 @@ def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = ()
 @command("segbench.evaluate", catch=(FileNotFoundError, HydraException))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segbench.evaluate", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("args", nargs="+", metavar="RUN_DIR|OVERRIDE",
                         help="run directories or folders of them (sweeps); dataset=... / split=... overrides")
     parser.add_argument("--output", "-o", type=Path, help="where the scores and the report go")

@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch-size {args.batch_size}: expected an integer >= 1")
     runs, inputs = split_runs(args.paths, args.ensemble)
     if not inputs:
-        parser.error("no INPUT: give image files, folders or globs after the run director" + ("ies" if len(runs) > 1 else "y"))
+        parser.error("no INPUT: give image files, folders or globs after the run "
+                     + ("directories" if len(runs) > 1 else "directory"))
     if not args.ensemble and (args.threshold is not None or args.postprocess is not None):
         parser.error("--threshold and --postprocess apply to --ensemble (a single run uses its own)")
     if args.threshold is not None and not 0 < args.threshold < 1:
