@@ -13,11 +13,13 @@ from tests.conftest import CONF, ROOT, TINY, run_cli
 
 
 def test_pyproject_names_every_package():
-    """pyproject.toml lists the packages by hand (conf/ is mapped into segbench.conf, and the sweeper lives in
-    Hydra's namespace package hydra_plugins): none may be missing."""
+    """pyproject.toml lists the packages by hand (conf/ and its folders are mapped into segbench.conf, and the
+    sweeper lives in Hydra's namespace package hydra_plugins): none may be missing."""
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     plugins = {f"hydra_plugins.{p}" for p in find_packages(ROOT / "hydra_plugins")}
-    assert set(find_packages(ROOT, include=["segbench*"])) | {"segbench.conf"} | plugins == listed
+    conf = {"segbench.conf"} | {"segbench.conf." + d.relative_to(CONF).as_posix().replace("/", ".")
+                                for d in CONF.rglob("*") if d.is_dir() and d.name != "__pycache__"}
+    assert set(find_packages(ROOT, include=["segbench*"])) | conf | plugins == listed
 
 
 MY_MODEL = '''
