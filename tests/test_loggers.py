@@ -118,3 +118,31 @@ def test_a_real_mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_one_process_at_a_time_creates_a_local_mlflow_store(tmp_path):
+    """store_lock: a second holder waits until the first releases (parallel sweep jobs opening one new sqlite
+    store would otherwise run MLflow's migrations at once and can leave it half-migrated)."""
+    import threading
+    import time
+
+    from segbench.loggers.mlflow import store_lock
+
+    store = tmp_path / "sub" / "mlflow.db"
+    events = []
+
+    def second():
+        with store_lock(store):
+            events.append("second acquired")
+
+    with store_lock(store):
+        events.append("first acquired")
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        events.append("first releases")
+    thread.join(timeout=10)
+    assert events == ["first acquired", "first releases", "second acquired"]
+    assert (tmp_path / "sub" / "mlflow.db.lock").is_file()
+    with store_lock(None):  # a server: nothing to lock
+        pass

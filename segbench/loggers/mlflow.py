@@ -6,10 +6,11 @@ artifacts in ``mlartifacts/``: ``mlflow ui --backend-store-uri sqlite:///mlflow.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..extras import require
 from ..config import flatten
@@ -21,6 +22,29 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 # MLflow retries an unreachable server for minutes by default; a logger should give up soon and warn
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+@contextlib.contextmanager
+def store_lock(store: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on ``<store>.lock`` beside a local sqlite store (nothing for a server, or
+    where the OS has no ``fcntl``). Parallel jobs of a sweep that open one new store at once would run
+    MLflow's table migrations concurrently; one interrupted by the other's leaves the file half-migrated
+    ("table _alembic_tmp_latest_metrics already exists" for every later client). The lock is released when
+    the process ends, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no parallel sweeps there (joblib processes share no store safely anyway)
+        fcntl = None
+    if store is None or fcntl is None:
+        yield
+        return
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with open(store.with_name(store.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class MLflowLogger(Logger):
@@ -72,7 +96,8 @@ class MLflowLogger(Logger):
         if uri.startswith("sqlite:///"):  # a local file: relative to the working directory, as outputs/ is
             store = Path(uri[len("sqlite:///"):]).resolve()
             uri = f"sqlite:///{store}"
-        self.client = self._retried(lambda: MlflowClient(tracking_uri=uri))  # creates a new store's tables
+        with store_lock(store):  # the client creates (migrates) a new store's tables: one process at a time
+            self.client = self._retried(lambda: MlflowClient(tracking_uri=uri))
         if self.run_id is not None:  # a resumed run continues its MLflow run
             self.client.update_run(self.run_id, status="RUNNING")
             return
@@ -80,7 +105,8 @@ class MLflowLogger(Logger):
         name = self.experiment_name or sweep or "segbench"
         # artifacts beside the database file (mlartifacts/), as `mlflow server` keeps them; a server decides
         location = (store.parent / "mlartifacts" / name.strip("/").replace("/", "_")).as_uri() if store else None
-        experiment_id = self._retried(lambda: self._experiment_id(name, location))
+        with store_lock(store):
+            experiment_id = self._retried(lambda: self._experiment_id(name, location))
         tags = {"run_dir": str(self.run_dir.path.resolve()), **({"sweep_dir": sweep} if sweep else {})}
         run = self.client.create_run(experiment_id, run_name=self.run_name or self.run_dir.path.name, tags=tags)
         self.run_id = run.info.run_id
