@@ -95,12 +95,35 @@ def test_base_follows_seed_study():
     assert cfg.split._target_ == "segbench.splits.Holdout" and cfg.split.sizes is None  # PH2: 100/50/50
 
 
+def resolved(overrides):
+    """The job config as ``python -m segbench ... --cfg job --resolve`` prints it, composed in this process
+    (with Hydra's runtime config set, which the experiments' ${hydra:runtime.choices...} read)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return OmegaConf.to_container(cfg, resolve=True)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes_and_resolves(name, tmp_path):
-    result = run_cli([f"experiment={name}", "model=unet", "--cfg", "job", "--resolve"], cwd=tmp_path)
+def test_experiment_composes_and_resolves(name):
+    cfg = resolved([f"experiment={name}", "model=unet"])
+    assert cfg["optimizer"]["lr"] > 0 and cfg["trainer"]["epochs"] >= 1
+
+
+def test_the_cli_prints_an_experiments_resolved_config(tmp_path):
+    result = run_cli(["experiment=ph2_recipe_cpu", "model=unet", "--cfg", "job", "--resolve"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     cfg = yaml.safe_load(result.stdout)
-    assert cfg["optimizer"]["lr"] > 0 and cfg["trainer"]["epochs"] >= 1
+    assert cfg == resolved(["experiment=ph2_recipe_cpu", "model=unet"])
 
 
 @pytest.mark.parametrize(
@@ -108,9 +131,8 @@ def test_experiment_composes_and_resolves(name, tmp_path):
     [("segnet", 1e-3, 10, 35), ("segnet_unpool", 1e-3, 5, 20), ("unet", 1e-5, 10, 40),
      ("unet_strided", 1e-4, 10, 20), ("unet_unpool", 1e-3, 7, 25)],
 )
-def test_seed_study_per_model_settings(model, lr, step, epochs, tmp_path):
-    result = run_cli(["experiment=seed_study", f"model={model}", "--cfg", "job", "--resolve"], cwd=tmp_path)
-    cfg = yaml.safe_load(result.stdout)
+def test_seed_study_per_model_settings(model, lr, step, epochs):
+    cfg = resolved(["experiment=seed_study", f"model={model}"])
     assert (cfg["optimizer"]["lr"], cfg["scheduler"]["step_size"], cfg["trainer"]["epochs"]) == (lr, step, epochs)
     assert cfg["scheduler"]["gamma"] == 0.1 and cfg["trainer"]["batch_size"] == 25
     assert cfg["optimizer"]["_target_"] == "torch.optim.Adam"
