@@ -8,7 +8,7 @@ stride, the output cropped back, as :class:`~segbench.models.EncoderDecoder` doe
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,10 +56,6 @@ class MonaiNet(nn.Module):
 def _check(in_channels: int, num_classes: int, base_width: int) -> None:
     for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("base_width", base_width)):
         check_int(name, value, low=1)
-
-
-def _build(model: str, make: Callable[[Any], nn.Module], stride: int, first: bool = False) -> MonaiNet:
-    return MonaiNet(make(_nets(model)), stride, first)
 
 
 class FlexibleUNet(MonaiNet):
