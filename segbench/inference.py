@@ -85,23 +85,36 @@ class TrainedModel:
         """One image's logits (1, C, S, S) at its original ``size`` (H0, W0): the post-processed
         prediction (H0, W0) (bool, or class indices) and the probability of the predicted class there."""
         logit = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-        if logit.shape[1] == 1:
-            prob = torch.sigmoid(logit)[0, 0]
-            pred = predict_masks(logit, self.threshold, self.postprocess)[0, 0]
-            return pred.numpy(), torch.where(pred, prob, 1 - prob).numpy()
-        classes = predict_classes(logit, self.postprocess)[0, 0]
-        return classes.numpy().astype(np.uint8), torch.softmax(logit, 1)[0].max(0).values.numpy()
+        return decide(logit, self.threshold, self.postprocess)
 
     def predict_images(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(H, W, 3) uint8 images of any sizes -> per image the prediction at its size and the
         probability of the predicted class (:meth:`masks`): the network at the run's input size, the
         logits resized back to each image."""
-        logits = self.logits(torch.stack([torch.from_numpy(resize_image(im, self.image_size)) for im in images]))
+        logits = self.logits(network_inputs(images, self.image_size))
         return [self.masks(logits[i : i + 1], im.shape[:2]) for i, im in enumerate(images)]
 
     def describe(self) -> str:
         return (f"{self.run_dir.path} ({self.image_size}px, threshold {self.threshold:.2f}, tta {self.tta}, "
                 f"postprocess {self.postprocess})")
+
+
+def network_inputs(images: Sequence[np.ndarray], side: int) -> torch.Tensor:
+    """(H, W, 3) uint8 images of any sizes -> uint8 (N, 3, side, side), resized as the datasets resize."""
+    return torch.stack([torch.from_numpy(resize_image(im, side)) for im in images])
+
+
+def decide(logits: torch.Tensor, threshold: float, postprocess: str,
+           probs: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One image's logits (1, C, H, W) -> the post-processed prediction (H, W) (bool, or class indices) and
+    the probability of the predicted class there, read from ``probs`` (an ensemble's mean) when given, else
+    from the logits (:func:`probabilities`)."""
+    probs = probabilities(logits) if probs is None else probs
+    if logits.shape[1] == 1:
+        pred = predict_masks(logits, threshold, postprocess)[0, 0]
+        return pred.numpy(), torch.where(pred, probs[0, 0], 1 - probs[0, 0]).numpy()
+    classes = predict_classes(logits, postprocess)[0, 0]
+    return classes.numpy().astype(np.uint8), probs[0].max(0).values.numpy()
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -172,22 +185,10 @@ class Ensemble:
                 total[i] = p if total[i] is None else total[i] + p
         return [t / len(self.members) for t in total]  # type: ignore[operator]
 
-    def decide(self, probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """One image's mean probabilities (1, C, H, W) -> the post-processed prediction (H, W) (bool,
-        or class indices) and the probability of the predicted class."""
-        if probs.shape[1] == 1:
-            pred = predict_masks(as_logits(probs), self.threshold, self.postprocess)[0, 0]
-            return pred.numpy(), torch.where(pred, probs[0, 0], 1 - probs[0, 0]).numpy()
-        classes = predict_classes(as_logits(probs), self.postprocess)[0, 0]
-        return classes.numpy().astype(np.uint8), probs[0].max(0).values.numpy()
-
     def predict_images(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """As :meth:`TrainedModel.predict_images`, with the members' mean probabilities."""
-        def images_at(side: int) -> torch.Tensor:
-            return torch.stack([torch.from_numpy(resize_image(im, side)) for im in images])
-
-        probs = self.probabilities(images_at, [im.shape[:2] for im in images])
-        return [self.decide(p) for p in probs]
+        probs = self.probabilities(lambda side: network_inputs(images, side), [im.shape[:2] for im in images])
+        return [decide(as_logits(p), self.threshold, self.postprocess, probs=p) for p in probs]
 
     def describe(self) -> str:
         return (f"an ensemble of {len(self.members)} runs (mean probabilities; threshold {self.threshold:.2f}, "
