@@ -192,7 +192,7 @@ class Ensemble:
 
     def describe(self) -> str:
         return (f"an ensemble of {len(self.members)} runs (mean probabilities; threshold {self.threshold:.2f}, "
-                f"the mean of theirs; postprocess {self.postprocess}): "
+                f"{self.threshold_mode}; postprocess {self.postprocess}): "
                 + ", ".join(str(m.run_dir.path) for m in self.members))
 
 
