@@ -149,8 +149,7 @@ def _chunks(ids: Sequence[str]) -> list[list[str]]:
 def score_run(trained: TrainedModel, datasets: Datasets, cases: Cases) -> Scored:
     """One run on external cases, with its own size, threshold, TTA, post-processing and resolution
     (the logits resized to each original mask, as in training's test step)."""
-    dataset = datasets.at(trained.image_size)
-    check_classes(trained, dataset, cases.description)
+    dataset = datasets.at(trained.image_size)  # its classes were checked before any run was scored
     settings = EvalSettings.from_config(trained.config.get("eval"))
     original = settings.resolution == "original"
     names = dataset.class_names if dataset.num_classes > 1 else None
@@ -197,11 +196,10 @@ def ensemble_resolution(ensemble: Ensemble) -> int | None:
     return None if original or len(sizes) > 1 else sizes.pop()
 
 
-def score_ensemble(ensemble: Ensemble, datasets: Datasets, ids: list[str], description: str) -> Scored:
+def score_ensemble(ensemble: Ensemble, datasets: Datasets, ids: list[str]) -> Scored:
     """The ensemble's mean probabilities on ``ids`` (:meth:`Ensemble.probabilities`), thresholded and
-    post-processed once, scored at :func:`ensemble_resolution`."""
-    for member in ensemble.members:
-        check_classes(member, datasets.at(member.image_size), description)
+    post-processed once, scored at :func:`ensemble_resolution`. Its members predict the same classes
+    (:meth:`Ensemble.of`), checked against the dataset before any run was scored."""
     size = ensemble_resolution(ensemble)
     first = datasets.at(ensemble.members[0].image_size)
     names = first.class_names if first.num_classes > 1 else None
@@ -255,6 +253,12 @@ def check_output(path: Path) -> None:
                         "other files); choose another --output")
 
 
+def with_scores(metrics: dict, scores: dict) -> dict:
+    """A run's metrics.json with its test scores (``test/*``, ``val_final/*``, ``by_*``) replaced by ``scores``;
+    the training record (best epoch, timings, ...) kept."""
+    return {**{k: v for k, v in metrics.items() if not k.startswith(REPLACED)}, **scores}
+
+
 def write_output(out: RunDir, scored: Scored, base_metrics: dict, evaluated: dict, split: dict,
                  hydra: dict[str, Any]) -> dict:
     """metrics.json (the scores over the run's other records), test_per_image.csv, split.json and the Hydra
@@ -262,8 +266,7 @@ def write_output(out: RunDir, scored: Scored, base_metrics: dict, evaluated: dic
     out.create()
     for name, content in hydra.items():
         write_text(out.hydra / name, yaml.safe_dump(content, sort_keys=False))
-    metrics = {k: v for k, v in base_metrics.items() if not k.startswith(REPLACED) and k not in ("rescored",)}
-    metrics.update(scored.metrics)
+    metrics = with_scores({k: v for k, v in base_metrics.items() if k != "rescored"}, scored.metrics)
     metrics["status"] = "done"
     metrics["split_digest"] = split.get("digest")  # the scored cases (the report pairs runs by it)
     metrics["evaluated"] = evaluated
@@ -339,8 +342,7 @@ def rescore(run_dir: RunDir, device: str = "cpu", dataset_root: str | None = Non
     if old.get("status") != "done":
         raise SegbenchError(f"{run_dir.path}: status {old.get('status') or 'unknown'}; only finished runs are rescored")
     scored, _ = score_own_split(load_trained(run_dir.path, "best", device), dataset_root)
-    new = {k: v for k, v in old.items() if not k.startswith(REPLACED)}
-    new.update(scored.metrics)
+    new = with_scores(old, scored.metrics)
     new["definitions"] = {**scored.metrics["definitions"], "checkpoint": old.get("definitions", {}).get("checkpoint")}
     new["rescored"] = {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "by": "python -m segbench.evaluate --in-place",
                        "before": {k: old.get(k) for k in ("test/iou", "test/dice", "test/hd95", "threshold")}}
@@ -354,8 +356,9 @@ def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = ()
              threshold: float | None = None, postprocess: str | None = None) -> list[Path]:
     """Score ``runs`` (and with ``ensemble`` their ensemble) into ``output``, then write the comparison
     report there; returns the output run directories."""
-    for run in runs:
-        if run.read_metrics().get("status") != "done":
+    recorded = [run.read_metrics() for run in runs]  # each run's metrics.json, read once
+    for run, metrics in zip(runs, recorded):
+        if metrics.get("status") != "done":
             raise UserError(f"{run.path}: status {run.status()}; only finished runs are evaluated")
     members = [load_trained(run.path, "best", device) for run in runs]
     cases = external_cases(overrides, part) if overrides else Cases()
@@ -378,7 +381,7 @@ def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = ()
                             "give a dataset=... they did not see")
     written = []
     at = time.strftime("%Y-%m-%d %H:%M:%S")
-    for member, target in zip(members, targets):
+    for member, record, target in zip(members, recorded, targets):
         log.info("scoring %s on %s", member.run_dir.path, cases.description)
         if cases.dataset_cfg is None:
             scored, split = score_own_split(member, dataset_root)
@@ -388,7 +391,7 @@ def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = ()
                      "dataset": {**(cases.dataset_cfg or member.config["dataset"]), "image_size": member.image_size},
                      "at": at,
                      "by": "python -m segbench.evaluate"}
-        metrics = write_output(RunDir(target), scored, member.run_dir.read_metrics(), evaluated, split,
+        metrics = write_output(RunDir(target), scored, record, evaluated, split,
                                hydra_record(member.run_dir, member.config))
         log.info("%s: test IoU %.4f, Dice %.4f, HD95 %.2f (%d cases) -> %s", member.run_dir.path, metrics["test/iou"],
                  metrics["test/dice"], metrics["test/hd95"], len(scored.ids), target)
@@ -396,16 +399,15 @@ def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = ()
     if group is not None:
         ids = cases.ids if cases.ids is not None else members[0].run_dir.read_split()["test"]
         description = cases.description if cases.dataset_cfg is not None else "the runs' common test split"
-        scored = score_ensemble(group, datasets, list(ids), description)
+        scored = score_ensemble(group, datasets, list(ids))
         split = cases.split if cases.split is not None else members[0].run_dir.read_split()
         evaluated = {"ensemble": [str(m.run_dir.path.resolve()) for m in members], "checkpoint": "best",
                      "cases": description, "dataset": {**datasets.base, "image_size": "each run's own"}, "at": at,
                      "by": "python -m segbench.evaluate --ensemble",
                      "threshold": group.threshold, "postprocess": group.postprocess}
-        first = members[0].run_dir.read_metrics()
-        base = {"model": _one_name(m.run_dir.read_metrics().get("model") for m in members),
-                "loss": _one_name(m.run_dir.read_metrics().get("loss") for m in members),
-                "classes": first.get("classes", []), "provenance": first.get("provenance", {})}
+        base = {"model": _one_name(r.get("model") for r in recorded),
+                "loss": _one_name(r.get("loss") for r in recorded),
+                "classes": recorded[0].get("classes", []), "provenance": recorded[0].get("provenance", {})}
         metrics = write_output(RunDir(output / ENSEMBLE_DIR), scored, base, evaluated, split, ensemble_record(members))
         log.info("ensemble of %d: test IoU %.4f, Dice %.4f, HD95 %.2f -> %s", len(members), metrics["test/iou"],
                  metrics["test/dice"], metrics["test/hd95"], output / ENSEMBLE_DIR)
