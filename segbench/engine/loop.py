@@ -68,12 +68,17 @@ def seed_everything(seed: int) -> None:
 
 
 
+def class_val_columns(class_names: Sequence[str] | None = None) -> list[str]:
+    """A multi-class run's per-class val columns (``val/iou_<class>``, ``val/dice_<class>``); [] when binary."""
+    if not class_names:
+        return []
+    return [f"val/{m}_{c}" for c in class_keys(class_names, len(class_names)) for m in ("iou", "dice")]
+
+
 def val_columns(class_names: Sequence[str] | None = None) -> list[str]:
-    """The val columns of a history row: ``val/loss``, ``val/iou``, ``val/dice``, and per class
-    (``val/iou_<class>``, ``val/dice_<class>``) for a multi-class run: what ``trainer.monitor`` can be."""
-    per_class = ([f"val/{m}_{c}" for c in class_keys(class_names, len(class_names)) for m in ("iou", "dice")]
-                 if class_names else [])
-    return ["val/loss", "val/iou", "val/dice", *per_class]
+    """The val columns of a history row: ``val/loss``, ``val/iou``, ``val/dice``, and per class for a
+    multi-class run (:func:`class_val_columns`): what ``trainer.monitor`` can be."""
+    return ["val/loss", "val/iou", "val/dice", *class_val_columns(class_names)]
 
 @dataclass(frozen=True)
 class FitSettings:
@@ -294,7 +299,7 @@ class Trainer:
             "val/dice": val_stats["dice"],
             "time": time.perf_counter() - start,
             # multi-class: each foreground class's val IoU and Dice (after the columns every run has)
-            **{key: val_stats[key.split("/", 1)[1]] for key in val_columns(self.settings.class_names)[3:]},
+            **{key: val_stats[key.split("/", 1)[1]] for key in class_val_columns(self.settings.class_names)},
         }
         with deferred():  # a signal stops the run after the epoch's row, best epoch and checkpoint snapshot
             if self.schedule is not None:
