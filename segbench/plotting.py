@@ -58,14 +58,12 @@ def worst_cases(scores: Sequence[float], count: int) -> list[int]:
 
 
 def plot_predictions(run_dir: RunDir, part: SegArrays, logits: torch.Tensor, threshold: float, count: int,
-                     class_names: Sequence[str] | None = None, scores: Sequence[float] | None = None) -> Path:
+                     scores: Sequence[float], class_names: Sequence[str] | None = None) -> Path:
     """:func:`prediction_figure` of the ``count`` cases of ``part`` with the lowest ``scores`` (the test
-    IoU per case as scored, in test_per_image.csv; without them, the IoU at the input size), worst first,
-    written to ``predictions.png``."""
-    shown = worst_cases(scores if scores is not None else
-                        image_metrics(logits.float().cpu(), part.masks.cpu(), threshold)["iou"].tolist(), count)
+    IoU per case as scored, in test_per_image.csv), worst first, written to ``predictions.png``."""
+    shown = worst_cases(scores, count)
     fig = prediction_figure(part.subset([part.ids[i] for i in shown]), logits[shown], threshold, class_names,
-                            [scores[i] for i in shown] if scores is not None else None)
+                            [scores[i] for i in shown])
     fig.suptitle(f"the {len(shown)} test cases with the lowest IoU", fontsize=10)
     fig.tight_layout()
     fig.savefig(run_dir.predictions_png, dpi=90)

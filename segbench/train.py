@@ -239,7 +239,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
              metrics["test/dice"], metrics["test/iou_score"], metrics["test/hd95"], metrics["test/loss"])
     plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']}")
     plot_predictions(run_dir, parts["test"], result.logits, result.threshold, evaluation.num_predictions,
-                     dataset.class_names, scores=result.per_image["iou"])
+                     result.per_image["iou"], dataset.class_names)
     trainer.run_end(metrics, run_dir)  # loggers send the results on
     log.info("wrote %s", run_dir.path)
     return metrics
