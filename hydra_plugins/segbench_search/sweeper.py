@@ -15,7 +15,6 @@ is in :mod:`segbench.search`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -162,9 +161,12 @@ class OptunaSweeper(Sweeper):
         finite value, or failed."""
         from optuna.trial import TrialState
 
+        from segbench.errors import DataError
+        from segbench.runs import RunDir
+
         try:
-            status = json.loads((trial_dir / "metrics.json").read_text()).get("status")
-        except (OSError, ValueError):
+            status = RunDir(trial_dir).read_metrics().get("status")  # {} when the job wrote none
+        except (DataError, OSError):  # a damaged or unreadable metrics.json: no outcome to read
             status = None
         if status == "pruned":
             return TrialState.PRUNED, None

@@ -1,5 +1,5 @@
 """The Optuna study behind ``hparams_search=optuna``: where it is stored, which trials count towards
-``n_trials``, trials whose process died, and what the search's report adds.
+``n_trials``, and trials whose process died (the search's part of the report: :mod:`.report`).
 
 A study lives in a journal file (the default: ``<sweep dir>/optuna.journal``; no database server,
 no SQLAlchemy) or in a database URL (``sqlite:///search.db``). The same command continues it, and
