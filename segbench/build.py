@@ -17,12 +17,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from .augment import Augment
 from .engine.callbacks import (
-    BestTracker, Callback, Checkpointer, EpochLogger, HistoryWriter, Monitor, ProgressBar, TimeEstimate,
+    BestTracker,
+    Callback,
+    Checkpointer,
+    EpochLogger,
+    HistoryWriter,
+    Monitor,
+    ProgressBar,
+    TimeEstimate,
 )
 from .engine.loop import val_columns
 from .engine.schedule import Schedule
 from .errors import DataError, UserError
-from .runs import HISTORY_COLUMNS, RunDir
+from .names import DEFAULT_MONITOR, HISTORY_COLUMNS
+from .runs import RunDir
 from .validation import InvalidValue, check_choice
 
 # Keys of a scheduler config that segbench reads itself (engine.schedule); the rest go to the scheduler.
@@ -165,7 +173,7 @@ def build_monitor(trainer_cfg: DictConfig, class_names: Sequence[str] | None = N
     """The run's :class:`Monitor` from ``trainer.monitor`` and ``trainer.monitor_mode``, checked against
     the val columns of its history (per class with ``class_names``). Before the data is read
     (``classes_known=False``) a per-class key (``val/iou_<class>``) is left for the check after it."""
-    key = str(trainer_cfg.get("monitor", "val/iou"))
+    key = str(trainer_cfg.get("monitor", DEFAULT_MONITOR))
     if classes_known or not key.startswith(("val/iou_", "val/dice_")):
         check_choice("trainer.monitor", key, val_columns(class_names))
     return Monitor(key, str(trainer_cfg.get("monitor_mode", "auto")))

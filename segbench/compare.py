@@ -1,48 +1,7 @@
-"""``python -m segbench.compare DIR [DIR ...]``: the comparison report of any run or sweep directories.
-
-    python -m segbench.compare outputs/multirun/2026-11-21_10-00-00
-    python -m segbench.compare outputs/multirun/A outputs/multirun/B --out outputs/comparison
-    python -m segbench.compare outputs/multirun/A --baseline "model=unet,loss=bce" --metric hd95
-"""
-from __future__ import annotations
-
-import argparse
-import logging
+"""``python -m segbench.compare``: the same as ``segbench compare`` (:mod:`segbench.cli.compare`)."""
 import sys
-from pathlib import Path
 
-from .report import build_report, parse_baseline
-from .runs import find_runs
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segbench.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories (searched recursively)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the report (default: the directory given, or outputs/comparison)")
-    parser.add_argument("--baseline", default=None,
-                        help="the configuration the others are compared with, as key=value pairs: "
-                             "'model=unet,loss=bce' (default: the best by mean)")
-    parser.add_argument("--metric", default="iou", choices=["iou", "dice", "hd95"],
-                        help="the per-image metric the statistics compare (hd95: lower is better)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        runs = find_runs(args.dirs)
-    except FileNotFoundError as exc:
-        parser.error(str(exc))
-    if not runs:
-        parser.error(f"no run directories (with .hydra/config.yaml) under {', '.join(map(str, args.dirs))}")
-    out = args.out or (args.dirs[0] if len(args.dirs) == 1 else Path("outputs") / "comparison")
-    try:
-        parse_baseline(args.baseline)
-    except ValueError as exc:
-        parser.error(str(exc))
-    counts = build_report(runs, out, metric=args.metric, baseline=args.baseline)
-    print(f"{counts['runs']} runs ({counts['done']} done, {counts['failed']} failed) -> {out / 'summary.md'}")
-    print((out / "summary.md").read_text())
-    return 0
-
+from segbench.cli.compare import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,6 @@ package ``segbench.conf``, so an installed ``segbench`` finds it wherever it run
 """
 from __future__ import annotations
 
-import copy
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,6 +38,7 @@ RUN_SETTINGS = (
     "trainer.compile",
     "trainer.channels_last",
     "trainer.threads",
+    "trainer.cpu_alternative",  # a hint for where the run executes
     "eval.num_predictions",
     "logger",                 # where a run is tracked (TensorBoard, MLflow), not what it computes
 )
@@ -100,7 +100,7 @@ def validate(cfg: DictConfig) -> None:
 
     Component arguments (model, loss, dataset, split, scheduler, callbacks) are checked by the components
     themselves when :mod:`segbench.build` creates them, and ``eval.*`` by
-    :class:`segbench.scoring.EvalSettings`; both happen before training too.
+    :class:`segbench.evaluation.scoring.EvalSettings`; both happen before training too.
     """
     check_missing(cfg)
     t = cfg.trainer
@@ -127,52 +127,3 @@ def differences(saved: dict, current: dict) -> list[str]:
     a, b = flatten(saved), flatten(current)
     keys = [k for k in sorted(set(a) | set(b)) if not is_run_setting(k)]
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
-
-
-# The callbacks that were trainer.<name> keys before 0.2 and are callbacks.<name> now: their _target_ and
-# arguments (with the default an old config may leave out). An old value is the first argument's
-# (trainer.ema=0.99), or a dict of them (trainer.early_stop); the callback was on when that one was set.
-MOVED_CALLBACKS = {
-    "grad_clip": ("segbench.engine.GradClip", {"max_norm": None}),
-    "ema": ("segbench.engine.EMA", {"decay": None}),
-    "early_stop": ("segbench.engine.EarlyStopping", {"patience": None, "min_delta": 0.0}),
-}
-
-
-def upgrade_config(config: dict) -> dict:
-    """A resolved config saved before segbench 0.2 (run.json, a checkpoint) in today's keys, so that it
-    compares with a current one (resume, never training twice) and builds the same components:
-    ``trainer.ema``/``grad_clip``/``early_stop`` become the ``callbacks`` group's entries (in the order
-    the trainer used: grad_clip, ema, early_stop), and keys added since get the default that reproduces
-    the old behaviour (``trainer.val_every=1``, ``trainer.monitor=val/iou``). A current config is
-    returned unchanged; the argument is not modified."""
-    trainer = config.get("trainer") or {}
-    if not set(MOVED_CALLBACKS) & set(trainer) and "monitor" in trainer and "val_every" in trainer:
-        return config
-    config = copy.deepcopy(config)
-    trainer = config.setdefault("trainer", {})
-    callbacks = dict(config.get("callbacks") or {})
-    for name, (target, arguments) in MOVED_CALLBACKS.items():
-        value = trainer.pop(name, None)
-        values = ({a: value.get(a, default) for a, default in arguments.items()} if isinstance(value, dict)
-                  else {next(iter(arguments)): value})
-        if next(iter(values.values())) is not None:
-            callbacks[name] = {"_target_": target, **values}
-    config["callbacks"] = callbacks or None
-    trainer.setdefault("val_every", 1)
-    trainer.setdefault("monitor", "val/iou")
-    trainer.setdefault("monitor_mode", "auto")
-    scheduler = config.get("scheduler") or {}
-    if scheduler.get("monitor") == "val/iou" and scheduler.get("mode") == "max":  # now derived from the monitor
-        scheduler.pop("mode")
-    return config
-
-
-def check_resumable(saved: dict, current: dict, path: Path) -> None:
-    """Raise a UserError naming every defining setting that differs between the checkpoint's run and this one."""
-    diff = differences(saved, current)
-    if diff:
-        raise UserError(
-            f"cannot resume from '{path}': its run had other settings ({'; '.join(diff)}); "
-            "use the original settings, or a new run dir"
-        )

@@ -7,7 +7,9 @@ multirun the job is recorded as failed and the sweep goes on. Every command's
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
+from types import ModuleType
 from typing import Callable
 
 
@@ -56,3 +58,12 @@ def command(prog: str, catch: tuple[type[BaseException], ...] = ()) -> Callable:
                 return report(prog, exc)
         return wrapper
     return wrap
+
+def require(module: str, package: str, extra: str, needed_by: str) -> ModuleType:
+    """Import ``module``, or raise a UserError saying that ``needed_by`` (``logger=mlflow``, ``--format
+    onnx``) needs ``package`` and which ``pip install "segbench[<extra>]"`` installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(f"{needed_by} needs the package '{package}', which is not installed: "
+                        f'pip install "segbench[{extra}]"') from exc

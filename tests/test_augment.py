@@ -7,7 +7,6 @@ from segbench.augment import Augment
 from segbench.train import run
 from tests.conftest import CONF, TINY, compose_cfg
 
-
 AUGMENTS = sorted(p.stem for p in (CONF / "augment").glob("*.yaml"))
 
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-from segbench import signals
+from segbench.engine import signals
 from segbench.errors import CheckpointError, TrainingError, UserError
-from segbench.inference import load_trained
-from segbench.runs.atomic import write_json
-from segbench.runs.checkpoint import CheckpointWriter, load_checkpoint
+from segbench.evaluation.trained import load_trained
 from segbench.report import build_report
 from segbench.runs import RunDir
+from segbench.runs.atomic import write_json
+from segbench.runs.checkpoint import CheckpointWriter, load_checkpoint
 from segbench.train import run
 from segbench.upgrade_checkpoints import main as upgrade_main
 from tests.conftest import TINY, compose_cfg, interrupt_in_epoch, run_cli
@@ -199,7 +199,7 @@ def test_old_checkpoints_need_an_explicit_conversion(tmp_path, capsys, monkeypat
     (out / "checkpoints" / "best.pt").unlink()
     torch.save(state, last)
     os.link(last, out / "checkpoints" / "best.pt")
-    with pytest.raises(CheckpointError, match="python -m segbench.upgrade_checkpoints " + str(out)):
+    with pytest.raises(CheckpointError, match="segbench upgrade-checkpoints " + str(out)):
         run(compose_cfg([*TINY, "trainer.epochs=3", f"output_dir={out}"]))
     assert upgrade_main([str(out)]) == 0
     printed = capsys.readouterr().out
@@ -319,8 +319,9 @@ def test_a_full_disk_names_itself_and_keeps_the_previous_checkpoint(tmp_path, mo
 
 
 def test_slurm_preset_requeues_and_pins_hold():
-    from segbench.config import CONF_DIR
     from hydra import compose, initialize_config_dir
+
+    from segbench.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         launcher = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher

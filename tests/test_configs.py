@@ -3,9 +3,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-
 import yaml
+from hydra.utils import instantiate
 
 from segbench.build import build_schedule
 from segbench.splits import Split

@@ -6,12 +6,19 @@ import pytest
 import torch
 
 from segbench.data import SyntheticDermoscopy
-from segbench.engine import (FitSettings, Normalizer, Trainer, resolve_channels_last, resolve_device, resolve_precision,
-                             resolve_threads)
+from segbench.engine import (
+    FitSettings,
+    Normalizer,
+    Trainer,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    resolve_threads,
+)
 from segbench.errors import UserError
-from segbench.runs.checkpoint import load_checkpoint
 from segbench.losses import BCELoss
 from segbench.models import UNet
+from segbench.runs.checkpoint import load_checkpoint
 from segbench.train import run
 from tests.conftest import TINY, compose_cfg, interrupt_in_epoch
 

@@ -14,9 +14,10 @@ from PIL import Image
 from segbench import evaluate, predict
 from segbench.data import Folder
 from segbench.engine.normalize import Normalizer
-from segbench.inference import Ensemble, Normalized, TrainedModel, load_trained
+from segbench.evaluation.datasets import external_cases
+from segbench.evaluation.scoring import per_image, predict_tta
+from segbench.evaluation.trained import Ensemble, Normalized, TrainedModel, load_trained
 from segbench.runs import RunDir
-from segbench.scoring import per_image, predict_tta
 from segbench.splits import Holdout
 from segbench.train import run
 
@@ -129,14 +130,14 @@ def test_a_class_mismatch_is_an_error_naming_both(runs, tmp_path, capsys):
 def test_bad_arguments_are_named(runs, data, tmp_path, capsys):
     a, _ = runs
     assert evaluate.main([str(a), "model=unet", "dataset=folder", f"dataset.root={data}", "-o", str(tmp_path)]) == 2
-    assert "'model=unet': segbench.evaluate takes dataset=..." in capsys.readouterr().err
+    assert "'model=unet': segbench evaluate takes dataset=..." in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate.main([str(a)])  # no --output
     assert "--output DIR is required" in capsys.readouterr().err
     taken = tmp_path / "taken"
     shutil.copytree(a, taken / a.name)  # a training run where an output would go
     assert evaluate.main([str(a), "-o", str(taken)]) == 2
-    assert "does not hold an earlier segbench.evaluate result" in capsys.readouterr().err
+    assert "does not hold an earlier segbench evaluate result" in capsys.readouterr().err
     assert evaluate.main([str(tmp_path / "nothing"), "-o", str(tmp_path / "y")]) == 2
 
 
@@ -248,14 +249,14 @@ def test_the_report_draws_the_cases_that_decide_the_comparison(runs, data, tmp_p
 
 def test_predictions_png_shows_the_worst_test_cases(tmp_path, monkeypatch):
     """A run draws its lowest-IoU test cases (as recorded in test_per_image.csv), lowest first."""
-    from segbench import plotting
+    from segbench.report import figures as plotting
 
     shown = []
     figure = plotting.prediction_figure
 
-    def spy(part, logits, threshold, class_names=None, scores=None):
-        shown.append((list(part.ids), list(scores)))
-        return figure(part, logits, threshold, class_names, scores)
+    def spy(part, logits, threshold, **kwargs):
+        shown.append((list(part.ids), list(kwargs["scores"])))
+        return figure(part, logits, threshold, **kwargs)
 
     monkeypatch.setattr(plotting, "prediction_figure", spy)
     out = tmp_path / "run"
@@ -275,4 +276,4 @@ def test_part_test_of_a_grouped_dataset_is_the_split_training_makes(fake_ph2, tm
     cfg = compose_cfg([*overrides, "dataset.image_size=16"])
     dataset = build(cfg.dataset, "dataset")
     split = build(cfg.split, "split").make(dataset.ids, dataset.groups, dataset.group_order, dataset.group_key)
-    assert evaluate.external_cases(overrides, "test").ids == split["test"]
+    assert external_cases(overrides, "test").ids == split["test"]

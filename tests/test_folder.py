@@ -138,7 +138,7 @@ def test_every_problem_is_listed_at_once(tmp_path, capsys):
                      "ISIC_0000003.jpg' has no mask: expected 'ISIC_0000003_segmentation.png'",
                      "ISIC_0000099_segmentation.png' has no image"):
         assert expected in out, expected
-    with pytest.raises(DataError, match=r"\(and 1 more problems; python -m segbench.check_data lists them\)"):
+    with pytest.raises(DataError, match=r"\(and 1 more problems; segbench check-data lists them\)"):
         build(compose_cfg(args).dataset, "dataset").arrays
 
 

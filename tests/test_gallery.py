@@ -1,7 +1,7 @@
 """The report's cases (report/gallery.py) and predictions.png's worst cases (plotting.worst_cases)."""
 import math
 
-from segbench.plotting import worst_cases
+from segbench.report.figures import worst_cases
 from segbench.report.gallery import differing_cases, lowest_cases, runner_up
 from segbench.report.pooling import Pooled
 

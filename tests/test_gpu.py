@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from segbench.losses import BCELoss
 from segbench.engine import resolve_precision
+from segbench.losses import BCELoss
 from segbench.train import run
 from tests.conftest import TINY, compose_cfg
 
@@ -33,8 +33,8 @@ def test_channels_last_compiled_fused_run_on_the_gpu(tmp_path):
 def test_gpu_loss_matches_the_cpu_loss(tmp_path):
     """The same fp32 forward on GPU (TF32 convolutions allowed) and CPU: the same loss to TF32 precision."""
     from segbench.data import SyntheticDermoscopy
-    from segbench.models import UNet
     from segbench.engine import Normalizer
+    from segbench.models import UNet
 
     data = SyntheticDermoscopy(num_cases=8, image_size=32).arrays
     torch.manual_seed(0)

@@ -2,13 +2,14 @@
 import json
 import subprocess
 import sys
-import tomllib
 import zipfile
 
 import pytest
+import tomllib
 import yaml
 from setuptools import find_packages
 
+from segbench.cli.main import COMMANDS
 from tests.conftest import CONF, ROOT, TINY, run_cli
 
 
@@ -94,6 +95,11 @@ def test_wheel_installs_a_working_cli(tmp_path):
     assert where.startswith(str(venv)), where  # the installed package, not this checkout
     segbench = venv / "bin" / "segbench"
     helped = subprocess.run([str(segbench), "--help"], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    listed = [line.split()[0] for line in helped.stdout.split("commands:\n")[1].split("\n\n")[0].splitlines()]
+    assert listed == list(COMMANDS), helped.stdout  # every command, one line each
+    helped = subprocess.run([str(segbench), "train", "--help"], cwd=elsewhere, capture_output=True, text=True,
+                            timeout=120)
     assert helped.returncode == 0, helped.stderr[-2000:]
     assert "segbench" in helped.stdout and "model: " in helped.stdout and "unet_strided" in helped.stdout
     result = subprocess.run([str(segbench), *TINY], cwd=elsewhere, capture_output=True, text=True, timeout=300)

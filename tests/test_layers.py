@@ -9,15 +9,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "segbench"
 
 # from the most basic to the commands; a module's layer is that of its first name below segbench
 LAYERS = [
-    ("base", {"", "errors", "validation", "signals", "extras", "metrics"}),
+    ("base", {"", "errors", "validation", "metrics", "names"}),
     ("config", {"config"}),
-    ("storage", {"runs"}),
-    ("components", {"augment", "losses", "models", "data", "splits", "scoring", "engine", "plotting", "provenance"}),
+    ("storage", {"runs", "compat"}),
+    ("components", {"augment", "losses", "models", "data", "splits", "engine"}),
     ("build", {"build"}),
-    ("features", {"loggers", "inference", "report", "search"}),
+    ("features", {"loggers", "evaluation", "report", "search", "perf"}),
     ("run", {"train"}),
-    ("commands", {"__main__", "bench", "check_data", "compare", "evaluate", "export", "predict", "rescore", "summary",
-                  "upgrade_checkpoints"}),
+    # segbench/cli/, and the short modules that keep ``python -m segbench.<command>`` working
+    ("commands", {"cli", "__main__", "bench", "check_data", "compare", "evaluate", "export", "predict", "rescore",
+                  "summary", "upgrade_checkpoints"}),
 ]
 RANK = {top: rank for rank, (_, tops) in enumerate(LAYERS) for top in tops}
 

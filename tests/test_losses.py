@@ -7,7 +7,13 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from segbench.losses import (
-    BCEHybridLoss, BCELoss, ComboLoss, DiceLoss, FocalLoss, LovaszHingeLoss, TverskyLoss,
+    BCEHybridLoss,
+    BCELoss,
+    ComboLoss,
+    DiceLoss,
+    FocalLoss,
+    LovaszHingeLoss,
+    TverskyLoss,
 )
 from tests.conftest import CONF, compose_cfg
 

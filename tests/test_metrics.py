@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segbench import metrics as M
-from segbench.scoring import by_group, choose_threshold, image_means, per_image
+from segbench.evaluation.scoring import by_group, choose_threshold, image_means, per_image
 
 BIG = 100.0
 

@@ -8,7 +8,7 @@ import torch
 
 from segbench.data import SyntheticDermoscopy
 from segbench.errors import UserError
-from segbench.scoring import largest_per_class, per_image, predict_classes
+from segbench.evaluation.scoring import largest_per_class, per_image, predict_classes
 from segbench.metrics import image_metrics
 from segbench.report import build_report
 from segbench.runs import RunDir

@@ -12,8 +12,8 @@ from segbench import export, predict
 from segbench.data import SegArrays
 from segbench.data.arrays import read_rgb, resize_image
 from segbench.data.synthetic import make_case
-from segbench.scoring import predict_masks, predict_tta
-from segbench.inference import load_trained
+from segbench.evaluation.scoring import predict_masks, predict_tta
+from segbench.evaluation.trained import load_trained
 from segbench.train import run
 
 from .conftest import TINY, compose_cfg, needs
@@ -117,7 +117,7 @@ def test_onnx_without_its_packages_names_the_extra(trained_run, tmp_path, monkey
 def test_the_exported_network_normalises_as_the_trainer_does():
     """One formula: a run's network for prediction and export (Normalized) gives the trainer's logits."""
     from segbench.engine import Normalizer
-    from segbench.inference import Normalized
+    from segbench.evaluation.trained import Normalized
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (3, 3, 12, 12), dtype=torch.uint8)

@@ -4,7 +4,6 @@ import json
 from segbench.train import run
 from tests.conftest import TINY, compose_cfg
 
-
 TEST_KEYS = ["test/iou", "test/dice", "test/iou_score", "test/loss", "test/hd95", "val/iou", "best_epoch"]
 
 

@@ -14,11 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from segbench.errors import UserError
+from segbench.evaluation.trained import load_trained
 from segbench.runs import RunDir, sweep_records
-from segbench.inference import load_trained
 from segbench.train import resume_command, run
 from tests.conftest import TINY, compose_cfg, interrupt_in_epoch, run_cli
-
 
 FOUR = [*TINY, "trainer.epochs=4"]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segbench.engine import FitSettings, Normalizer, Trainer
-from segbench.scoring import choose_threshold, largest_component, predict_masks, predict_tta
+from segbench.evaluation.scoring import choose_threshold, largest_component, predict_masks, predict_tta
 from segbench.train import run
 from tests.conftest import TINY, compose_cfg, tiny_data
 

@@ -174,12 +174,10 @@ def test_a_database_study_with_parallel_trials_and_mlflow(tmp_path):
 
 
 def test_a_missing_optuna_names_the_extra(monkeypatch, capsys):
-    from segbench.__main__ import cli
+    from segbench.cli.main import main
 
     monkeypatch.setitem(sys.modules, "optuna", None)
-    with pytest.raises(SystemExit) as exit_info:
-        cli(["hparams_search=optuna", "dataset=synthetic"])
-    assert exit_info.value.code == 2
+    assert main(["hparams_search=optuna", "dataset=synthetic"]) == 2
     assert "needs the package 'optuna', which is not installed: pip install \"segbench[search]\"" in \
         capsys.readouterr().err
 

@@ -87,9 +87,9 @@ def test_compare_two_run_dirs_and_flag_split_mismatch(tmp_path, capsys):
     assert sorted(r["status"] for r in read_summary(out)) == ["damaged", "done"]
 
 
-def test_compare_rejects_a_dir_without_runs(tmp_path):
-    with pytest.raises(SystemExit):
-        compare.main([str(tmp_path)])
+def test_compare_rejects_a_dir_without_runs(tmp_path, capsys):
+    assert compare.main([str(tmp_path)]) == 2
+    assert f"segbench compare: error: '{tmp_path}' holds no run directory" in capsys.readouterr().err
 
 
 def test_submitit_local_launcher(tmp_path):
@@ -145,6 +145,5 @@ def test_kfold_sweep_pools_every_case_with_intervals_and_paired_tests(tmp_path, 
     assert "## Statistics (dice, per image)" in text and "reference **segnet / bce**" in text
     assert compare.main([str(root), "--out", str(tmp_path / "by_hd95"), "--metric", "hd95"]) == 0
     assert "Lower HD95 is better" in (tmp_path / "by_hd95" / "summary.md").read_text()
-    with pytest.raises(SystemExit):
-        compare.main([str(root), "--baseline", "unet"])  # not key=value
+    assert compare.main([str(root), "--baseline", "unet"]) == 2  # not key=value
     assert "expected key=value pairs" in capsys.readouterr().err

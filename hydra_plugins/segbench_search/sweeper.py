@@ -27,6 +27,8 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segbench.names import DEFAULT_MONITOR
+
 log = logging.getLogger("segbench.search")
 
 JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "backend": None,
@@ -79,11 +81,18 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from segbench.engine.device import usable_cores
-        from segbench.search.space import search_space
-        from segbench.search.study import (claim, counted, describe_storage, open_study, recover_dead_trials,
-                                           storage_of, DIR)
-        from segbench.search.trial import TRIAL_ENV, make_pruner
         from segbench.search.report import write_search_report
+        from segbench.search.space import search_space
+        from segbench.search.study import (
+            DIR,
+            claim,
+            counted,
+            describe_storage,
+            open_study,
+            recover_dead_trials,
+            storage_of,
+        )
+        from segbench.search.trial import TRIAL_ENV, make_pruner
 
         params = [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments)
         space, fixed = search_space(params)
@@ -134,7 +143,7 @@ class OptunaSweeper(Sweeper):
         from segbench.errors import UserError
 
         trainer = self.config.get("trainer") or {}
-        key = str(fixed.get("trainer.monitor", trainer.get("monitor", "val/iou")))
+        key = str(fixed.get("trainer.monitor", trainer.get("monitor", DEFAULT_MONITOR)))
         mode = str(fixed.get("trainer.monitor_mode", trainer.get("monitor_mode", "auto")))
         monitor = Monitor(key, mode)
         wanted = "maximize" if monitor.mode == "max" else "minimize"

@@ -163,7 +163,7 @@ class Folder(FileDataset):
                 found.extend(f"mask '{m}' has no image in '{images_dir}'" for m in hits)
         if found:
             if problems is None:
-                more = f" (and {len(found) - 1} more problems; python -m segbench.check_data lists them)"
+                more = f" (and {len(found) - 1} more problems; segbench check-data lists them)"
                 raise DataError(found[0] + (more if len(found) > 1 else ""))
             problems.extend(found)
         return sorted(cases)

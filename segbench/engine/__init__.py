@@ -1,12 +1,28 @@
 """The training engine: the loop (fit / evaluate / predict), its callbacks, device and precision
 resolution, learning-rate schedules and input normalisation."""
 from .callbacks import (
-    EMA, BestTracker, Callback, Checkpointer, EarlyStopping, EpochLogger, GradClip, HistoryWriter, Monitor,
-    ProgressBar, TimeEstimate,
+    EMA,
+    BestTracker,
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    EpochLogger,
+    GradClip,
+    HistoryWriter,
+    Monitor,
+    ProgressBar,
+    TimeEstimate,
 )
 from .device import (
-    AUTOCAST_DTYPES, PRECISIONS, autocast, maybe_compile, resolve_channels_last, resolve_device, resolve_precision,
-    resolve_switch, resolve_threads,
+    AUTOCAST_DTYPES,
+    PRECISIONS,
+    autocast,
+    maybe_compile,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    resolve_switch,
+    resolve_threads,
 )
 from .loop import FitSettings, OutOfMemory, Trainer, TrainingDiverged, seed_everything
 from .normalize import Normalize, Normalizer

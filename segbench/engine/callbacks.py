@@ -23,6 +23,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..data import SegArrays
+from ..names import DEFAULT_MONITOR
 from ..runs import RunDir
 from ..validation import check_choice, check_int, check_number
 
@@ -92,7 +93,7 @@ class Monitor:
     returns to a sweeper and the report's "best val" column. ``auto`` mode is ``min`` for
     ``val/loss`` (and distances), ``max`` otherwise."""
 
-    key: str = "val/iou"
+    key: str = DEFAULT_MONITOR
     mode: str = "max"
 
     def __post_init__(self) -> None:
@@ -117,7 +118,7 @@ class Monitor:
 class BestTracker(Callback):
     """Keeps the best epoch by the monitored history column (``val/iou``, higher is better, by default)."""
 
-    def __init__(self, monitor: Monitor | str = "val/iou", mode: str = "max") -> None:
+    def __init__(self, monitor: Monitor | str = DEFAULT_MONITOR, mode: str = "max") -> None:
         self.monitor = monitor if isinstance(monitor, Monitor) else Monitor(monitor, mode)
         self.epoch, self.value = 0, self.monitor.worst
         self.improved = False
@@ -198,7 +199,7 @@ class EarlyStopping(Callback):
     ``min_delta`` for ``patience`` validations; ``stopped_epoch`` is the last epoch trained (None when
     it did not stop)."""
 
-    def __init__(self, patience: int, min_delta: float = 0.0, monitor: Monitor | str = "val/iou",
+    def __init__(self, patience: int, min_delta: float = 0.0, monitor: Monitor | str = DEFAULT_MONITOR,
                  mode: str = "auto") -> None:
         self.patience = check_int("callbacks.early_stop.patience", patience, low=1)
         self.min_delta = check_number("callbacks.early_stop.min_delta", min_delta, 0)

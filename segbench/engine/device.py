@@ -1,7 +1,7 @@
 """Where and how the maths runs: device, precision, memory format, threads and compilation, resolved once per run.
 
 What ``auto`` resolves to on a CPU depends on what the CPU can do, and was measured
-(``python -m segbench.bench``; the README's Speed section has the tables):
+(``segbench bench``; the README's Speed section has the tables):
 
 - precision: bf16 where oneDNN finds native bf16 (AVX512-BF16 or AMX), about 2x the fp32
   step there; fp32 elsewhere, where bf16 is emulated and about 8x slower;

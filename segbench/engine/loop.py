@@ -21,13 +21,14 @@ from torch import nn
 
 from ..data import SegArrays
 from ..errors import TrainingError
-from ..signals import deferred
 from ..metrics import class_keys, image_metrics
+from ..names import VAL_COLUMNS
 from ..validation import check_choice
 from .callbacks import Callback
 from .device import AUTOCAST_DTYPES, autocast, compile_fallback_warning, maybe_compile
 from .normalize import Normalizer
 from .schedule import Schedule
+from .signals import deferred
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def class_val_columns(class_names: Sequence[str] | None = None) -> list[str]:
 def val_columns(class_names: Sequence[str] | None = None) -> list[str]:
     """The val columns of a history row: ``val/loss``, ``val/iou``, ``val/dice``, and per class for a
     multi-class run (:func:`class_val_columns`): what ``trainer.monitor`` can be."""
-    return ["val/loss", "val/iou", "val/dice", *class_val_columns(class_names)]
+    return [*VAL_COLUMNS, *class_val_columns(class_names)]
 
 @dataclass(frozen=True)
 class FitSettings:

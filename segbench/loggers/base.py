@@ -10,7 +10,6 @@ from ..engine.callbacks import TrainerView
 from ..errors import describe
 from ..runs import RunDir
 
-
 log = logging.getLogger("segbench.train")
 
 

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..extras import require
 from ..config import flatten
 from ..engine.callbacks import TrainerView
+from ..errors import require
 from .base import Logger, final_metrics
-
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # MLflow retries an unreachable server for minutes by default; a logger should give up soon and warn

@@ -5,12 +5,11 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from ..validation import check_int
-from ..extras import require
-from ..engine.callbacks import TrainerView
 from ..config import flatten
+from ..engine.callbacks import TrainerView
+from ..errors import require
+from ..validation import check_int
 from .base import Logger, final_metrics
-
 
 
 class TensorBoardLogger(Logger):
@@ -46,11 +45,11 @@ class TensorBoardLogger(Logger):
         self.writer.add_scalar("time/epoch_s", row["time"], epoch)
         last = epoch == trainer.settings.epochs
         if self.image_every and trainer.val is not None and (epoch % self.image_every == 0 or last):
-            from ..plotting import prediction_figure
+            from ..report.figures import prediction_figure
 
             shown = trainer.val.subset(trainer.val.ids[: self.num_images])
             figure = prediction_figure(shown, trainer.predict(shown), trainer.settings.threshold,
-                                       trainer.settings.class_names)
+                                       class_names=trainer.settings.class_names)  # as val is scored in training
             self.writer.add_figure("val/predictions", figure, epoch)  # closes the figure
             plt.close(figure)
         self.writer.flush()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..extras import require
+from ..errors import require
 from ..validation import check_choice, check_int, check_number
 from .blocks import center_crop, pad_to_multiple
 

@@ -120,7 +120,7 @@ class ReportCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        runs = find_runs([sweep_dir])
+        runs = find_runs([sweep_dir], required=False)
         if not runs:
             log.warning("no run directories under %s; no report written", sweep_dir)
             return

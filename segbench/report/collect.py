@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from ..compat import monitor_of
 from ..config import defining_overrides
 from ..errors import DataError
 from ..runs import RunDir
@@ -50,10 +51,8 @@ def class_metrics(metrics: dict) -> dict[str, float]:
 
 def best_val(metrics: dict) -> tuple[float, str]:
     """The monitored val value that chose a run's checkpoint, and the monitor (``val/iou`` before 0.2)."""
-    monitor = metrics.get("monitor") or {}
-    if monitor:
-        return float(monitor.get("value", math.nan)), str(monitor.get("key"))
-    return float(metrics.get("val/iou", math.nan)), "val/iou"
+    monitor = monitor_of(metrics)
+    return float(monitor.get("value", math.nan)), str(monitor.get("key"))
 
 
 @dataclass

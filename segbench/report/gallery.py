@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from ..build import build_saved  # noqa: E402
 from ..data import SegDataset  # noqa: E402
 from ..errors import SegbenchError  # noqa: E402
-from ..inference import Ensemble, load_trained  # noqa: E402
+from ..evaluation.trained import Ensemble, load_trained  # noqa: E402
 from ..runs import RunDir  # noqa: E402
 from .collect import RunRecord  # noqa: E402
 from .pooling import Pooled  # noqa: E402

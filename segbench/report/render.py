@@ -1,7 +1,7 @@
 """Comparison report over run directories: summary tables a person would rather read, and the plots.
 
 Reads only what runs wrote (:mod:`segbench.report.collect`, through :class:`segbench.runs.RunDir`);
-used by the multirun callback and by ``python -m segbench.compare``.
+used by the multirun callback and by ``segbench compare``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from ..runs import RunDir
 from ..runs.atomic import write_csv
 from . import gallery, plots
 from .collect import NUMBERS, RunRecord, configurations, describe_family, load_run, split_common_overrides
-from .pooling import Comparison, markdown as statistics_markdown, pairwise, pool, statistics
+from .pooling import Comparison, pairwise, pool, statistics
+from .pooling import markdown as statistics_markdown
 
 log = logging.getLogger(__name__)
 

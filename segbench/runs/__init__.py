@@ -1,6 +1,6 @@
 """The storage layer: one owner of a run directory's files (:mod:`.rundir`), atomic writes (:mod:`.atomic`),
 checkpoints written in the background and read safely (:mod:`.checkpoint`), how sweep jobs' dirs are
 named (:mod:`.naming`) and the commands that continue a run (:mod:`.launch`)."""
-from .rundir import COUNT_COLUMNS, HISTORY_COLUMNS, RunDir, find_runs, keep_sweep_record, sweep_records
+from .rundir import RunDir, find_runs, keep_sweep_record, sweep_records
 
-__all__ = ["COUNT_COLUMNS", "HISTORY_COLUMNS", "RunDir", "find_runs", "keep_sweep_record", "sweep_records"]
+__all__ = ["RunDir", "find_runs", "keep_sweep_record", "sweep_records"]

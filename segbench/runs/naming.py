@@ -35,7 +35,7 @@ def job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
         return default
     wanted = set(defining_overrides(overrides))
     matches = []
-    for run in find_runs([root]):
+    for run in find_runs([root], required=False):
         try:
             theirs = run.read_overrides()
         except (OSError, DataError, TypeError):

@@ -11,7 +11,7 @@
       metrics.json                           test metrics of the best checkpoint, definitions, status
       test_per_image.csv                     every test metric per case
       checkpoints/last.pt, best.pt           trainer state; best.pt is a hard link to last.pt at the best epoch
-      curves.png, predictions.png            plots (segbench.plotting)
+      curves.png, predictions.png            plots (segbench.report.figures)
       augmentations.png                      training images and augmented draws (with augmentation)
 
 A sweep dir holds its job dirs, the report (``summary.md`` and its files) and
@@ -35,12 +35,10 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from ..errors import DataError, describe
+from ..errors import DataError, UserError, describe
+from ..names import COUNT_COLUMNS, HISTORY_COLUMNS
 from .atomic import copy_file, write_csv, write_json
 from .checkpoint import CheckpointWriter, load_checkpoint
-
-HISTORY_COLUMNS = ["epoch", "lr", "train/loss", "train/iou", "val/loss", "val/iou", "val/dice", "time"]
-COUNT_COLUMNS = ("tp", "fp", "fn", "tn")
 
 
 class RunDir:
@@ -68,8 +66,9 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     @staticmethod
-    def is_run(path: Path) -> bool:
-        return (Path(path) / ".hydra" / "config.yaml").is_file()
+    def is_run(path: str | Path) -> bool:
+        """Whether ``path`` is a run directory: it holds Hydra's record of a launch or a best checkpoint."""
+        return (Path(path) / ".hydra" / "config.yaml").is_file() or (Path(path) / "checkpoints" / "best.pt").is_file()
 
     def create(self) -> "RunDir":
         self.path.mkdir(parents=True, exist_ok=True)
@@ -236,15 +235,24 @@ class RunDir:
             root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
 
 
-def find_runs(paths: Iterable[str | Path]) -> list[RunDir]:
-    """Run directories (those holding ``.hydra/config.yaml``) at or below each path, sorted by path."""
-    found: set[Path] = set()
-    for path in paths:
-        path = Path(path)
+def find_runs(paths: Iterable[str | Path], trained: bool = False, required: bool = True) -> list[RunDir]:
+    """The run directories named by ``paths``, each a run directory itself or a folder (a sweep) searched
+    for them below, without repeats, sorted by path. A run directory holds Hydra's record of its launch
+    (``.hydra/config.yaml``) or a checkpoint (``checkpoints/best.pt``: a run made by ``run(cfg)`` in
+    Python); with ``trained``, only those with ``checkpoints/best.pt`` count. A path that is not a
+    directory, or (``required``) that holds no such run, is a UserError naming it."""
+    found: dict[Path, RunDir] = {}
+    for path in map(Path, paths):
         if not path.is_dir():
-            raise FileNotFoundError(f"'{path}' is not a directory; expected a run or sweep directory")
-        found.update(p.parent.parent for p in path.rglob(".hydra/config.yaml"))
-    return [RunDir(p) for p in sorted(found)]
+            raise UserError(f"'{path}' is not a directory; expected a run directory or a folder of them (a sweep)")
+        below = [path] if RunDir.is_run(path) else sorted(
+            {p.parent.parent for pattern in (".hydra/config.yaml", "checkpoints/best.pt") for p in path.rglob(pattern)})
+        runs = [RunDir(p) for p in below if not trained or RunDir(p).best_pt.is_file()]
+        if not runs and required:
+            what = "trained run (no checkpoints/best.pt)" if trained else "run directory (no .hydra/config.yaml)"
+            raise UserError(f"'{path}' holds no {what} at or below it")
+        found.update((r.path.resolve(), r) for r in runs)
+    return [found[k] for k in sorted(found)]
 
 
 SWEEP_RECORD = "multirun.yaml"  # Hydra writes the launch's config there, replacing an earlier launch's

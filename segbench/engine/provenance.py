@@ -21,7 +21,7 @@ import torch
 
 import segbench
 
-from .engine.device import cpu_name, cpu_native_bf16
+from .device import cpu_name, cpu_native_bf16
 
 # the libraries whose versions can change a result or the way a run is read
 PACKAGES = ("hydra-core", "omegaconf", "numpy", "scipy", "scikit-image", "kornia", "pillow", "optuna", "monai")

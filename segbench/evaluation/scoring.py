@@ -12,14 +12,22 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from scipy import ndimage
 
-from .data import SegArrays, SegDataset
-from .metrics import (
-    DEFINITIONS, all_metrics, binarize, class_confusion, class_keys, confusion, hausdorff, iou, iou_score, micro,
+from ..data import SegArrays, SegDataset
+from ..metrics import (
+    DEFINITIONS,
+    all_metrics,
+    binarize,
+    class_confusion,
+    class_keys,
+    confusion,
+    hausdorff,
+    iou,
+    iou_score,
+    micro,
 )
-from .validation import InvalidValue, check_choice, check_int, is_number
+from ..validation import InvalidValue, check_choice, check_int, is_number
 
 THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]
 TTA_MODES = ("none", "flips", "d4")
@@ -30,7 +38,7 @@ RESOLUTIONS = ("input", "original")
 class Predictor(Protocol):
     """What scoring needs of a model: logits (N, C, H, W), float32 on the CPU, of the uint8 images of
     ``data``. The trainer (:class:`segbench.engine.Trainer`) and a loaded run
-    (:class:`segbench.inference.TrainedModel`) are both one."""
+    (:class:`segbench.evaluation.trained.TrainedModel`) are both one."""
 
     def predict(self, data: SegArrays) -> torch.Tensor: ...
 
@@ -143,6 +151,16 @@ def predict_masks(logits: torch.Tensor, threshold: float, postprocess: str = "no
     return pred
 
 
+def decide(logits: torch.Tensor, threshold: float, postprocess: str = "none") -> torch.Tensor:
+    """The one decision from logits to mask: (N, C, H, W) logits -> (N, 1, H, W), binary (C = 1) the bool
+    foreground ``sigmoid(logits) > threshold`` (:func:`predict_masks`), multi-class the int64 argmax class
+    map (:func:`predict_classes`), post-processed per image as ``eval.postprocess`` says. Scoring,
+    inference, ensembles and every figure decide through it, so a drawn mask is the scored one."""
+    if logits.shape[1] == 1:
+        return predict_masks(logits, threshold, postprocess)
+    return predict_classes(logits, postprocess)
+
+
 def choose_threshold(logits: torch.Tensor, masks: torch.Tensor, grid: Sequence[float] = THRESHOLD_GRID,
                      postprocess: str = "none") -> float:
     """The threshold of ``grid`` with the highest mean per-image IoU (first one on ties), after ``postprocess``."""
@@ -170,10 +188,11 @@ def per_image(
         logit = (logits[i : i + 1] if isinstance(logits, torch.Tensor) else logits[i]).float()
         if logit.shape[-2:] != mask.shape[-2:]:
             logit = F.interpolate(logit, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        pred = decide(logit, threshold, postprocess)
         if logit.shape[1] == 1:
-            values = _binary_values(predict_masks(logit, threshold, postprocess), mask > 0)
+            values = _binary_values(pred, mask > 0)
         else:
-            values = _class_values(predict_classes(logit, postprocess), mask.long(), logit.shape[1], class_names)
+            values = _class_values(pred, mask.long(), logit.shape[1], class_names)
         for k, v in values.items():
             columns.setdefault(k, []).append(v)
     return columns

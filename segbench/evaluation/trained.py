@@ -1,5 +1,5 @@
-"""Trained runs as models for new images: what ``segbench.predict``, ``segbench.evaluate`` and
-``segbench.export`` share.
+"""Trained runs as models for new images: what ``segbench predict``, ``segbench evaluate`` and
+``segbench export`` share.
 
 :func:`load_trained` rebuilds the network from the config saved in a run's checkpoint, loads the
 checkpoint's evaluated weights (the EMA ones when the run kept an average) and its input
@@ -19,26 +19,25 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from torch import nn
 
-from .build import build_saved
-from .config import upgrade_config
-from .data import SegArrays
-from .data.arrays import resize_image
-from hydra.errors import InstantiationException
-
-from .engine.normalize import Normalize, Normalizer
-from .errors import CheckpointError, DataError, UserError
-from .scoring import POSTPROCESS, EvalSettings, predict_classes, predict_masks, predict_tta
-from .validation import check_choice
-from .runs import RunDir
+from ..build import build_saved
+from ..compat import upgrade_config
+from ..data import SegArrays
+from ..data.arrays import resize_image
+from ..engine.normalize import Normalize, Normalizer
+from ..errors import CheckpointError, DataError, UserError
+from ..runs import RunDir
+from ..validation import check_choice
+from .scoring import POSTPROCESS, EvalSettings, decide, predict_tta
 
 CHECKPOINTS = ("best", "last")
 
 
 class Normalized(nn.Module):
     """The network with the run's input normalisation (the trainer's own :class:`Normalize`) in front:
-    float (B, 3, H, W) RGB in [0, 1] -> logits (B, C, H, W). What ``segbench.export`` writes."""
+    float (B, 3, H, W) RGB in [0, 1] -> logits (B, C, H, W). What ``segbench export`` writes."""
 
     def __init__(self, model: nn.Module, normalizer: Normalizer) -> None:
         super().__init__()
@@ -67,7 +66,7 @@ class TrainedModel:
 
     def predict(self, data: SegArrays) -> torch.Tensor:
         """Logits (N, C, H, W) float32 on the CPU of uint8 images ``data.images`` (N, 3, S, S); the
-        interface :func:`segbench.scoring.predict_tta` calls."""
+        interface :func:`segbench.evaluation.scoring.predict_tta` calls."""
         out = []
         with torch.inference_mode():
             for b in range(0, len(data), self.batch_size):
@@ -85,7 +84,7 @@ class TrainedModel:
         """One image's logits (1, C, S, S) at its original ``size`` (H0, W0): the post-processed
         prediction (H0, W0) (bool, or class indices) and the probability of the predicted class there."""
         logit = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-        return decide(logit, self.threshold, self.postprocess)
+        return decide_image(logit, self.threshold, self.postprocess)
 
     def predict_images(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(H, W, 3) uint8 images of any sizes -> per image the prediction at its size and the
@@ -104,17 +103,16 @@ def network_inputs(images: Sequence[np.ndarray], side: int) -> torch.Tensor:
     return torch.stack([torch.from_numpy(resize_image(im, side)) for im in images])
 
 
-def decide(logits: torch.Tensor, threshold: float, postprocess: str,
-           probs: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One image's logits (1, C, H, W) -> the post-processed prediction (H, W) (bool, or class indices) and
-    the probability of the predicted class there, read from ``probs`` (an ensemble's mean) when given, else
-    from the logits (:func:`probabilities`)."""
+def decide_image(logits: torch.Tensor, threshold: float, postprocess: str,
+                 probs: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One image's logits (1, C, H, W) -> the post-processed prediction (H, W) (bool, or class indices;
+    :func:`segbench.evaluation.scoring.decide`) and the probability of the predicted class there, read
+    from ``probs`` (an ensemble's mean) when given, else from the logits (:func:`probabilities`)."""
     probs = probabilities(logits) if probs is None else probs
+    pred = decide(logits, threshold, postprocess)[0, 0]
     if logits.shape[1] == 1:
-        pred = predict_masks(logits, threshold, postprocess)[0, 0]
         return pred.numpy(), torch.where(pred, probs[0, 0], 1 - probs[0, 0]).numpy()
-    classes = predict_classes(logits, postprocess)[0, 0]
-    return classes.numpy().astype(np.uint8), probs[0].max(0).values.numpy()
+    return pred.numpy().astype(np.uint8), probs[0].max(0).values.numpy()
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -188,7 +186,7 @@ class Ensemble:
     def predict_images(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """As :meth:`TrainedModel.predict_images`, with the members' mean probabilities."""
         probs = self.probabilities(lambda side: network_inputs(images, side), [im.shape[:2] for im in images])
-        return [decide(as_logits(p), self.threshold, self.postprocess, probs=p) for p in probs]
+        return [decide_image(as_logits(p), self.threshold, self.postprocess, probs=p) for p in probs]
 
     def describe(self) -> str:
         return (f"an ensemble of {len(self.members)} runs (mean probabilities; threshold {self.threshold:.2f}, "

@@ -11,16 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .data import SegArrays  # noqa: E402
-from .metrics import image_metrics  # noqa: E402
-from .runs import RunDir  # noqa: E402
-
-
-def class_colours(num_classes: int) -> list[tuple[float, float, float]]:
-    """An RGB colour (0..1) per class: background black, then red, and tab10's others."""
-    others = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]  # tab10's red is index 3
-    return [(0.0, 0.0, 0.0), (0.86, 0.08, 0.08), *others][:num_classes] if num_classes <= 11 else \
-        [(0.0, 0.0, 0.0)] + [tuple(plt.get_cmap("hsv")(k / num_classes)[:3]) for k in range(1, num_classes)]
+from ..data import SegArrays  # noqa: E402
+from ..evaluation.predict import class_colours  # noqa: E402
+from ..evaluation.scoring import decide, per_image  # noqa: E402
+from ..runs import RunDir  # noqa: E402
 
 
 def plot_curves(run_dir: RunDir, title: str = "") -> Path:
@@ -58,12 +52,13 @@ def worst_cases(scores: Sequence[float], count: int) -> list[int]:
 
 
 def plot_predictions(run_dir: RunDir, part: SegArrays, logits: torch.Tensor, threshold: float, count: int,
-                     scores: Sequence[float], class_names: Sequence[str] | None = None) -> Path:
+                     scores: Sequence[float], class_names: Sequence[str] | None = None,
+                     postprocess: str = "none") -> Path:
     """:func:`prediction_figure` of the ``count`` cases of ``part`` with the lowest ``scores`` (the test
     IoU per case as scored, in test_per_image.csv), worst first, written to ``predictions.png``."""
     shown = worst_cases(scores, count)
-    fig = prediction_figure(part.subset([part.ids[i] for i in shown]), logits[shown], threshold, class_names,
-                            [scores[i] for i in shown])
+    fig = prediction_figure(part.subset([part.ids[i] for i in shown]), logits[shown], threshold,
+                            postprocess=postprocess, class_names=class_names, scores=[scores[i] for i in shown])
     fig.suptitle(f"the {len(shown)} test cases with the lowest IoU", fontsize=10)
     fig.tight_layout()
     fig.savefig(run_dir.predictions_png, dpi=90)
@@ -71,18 +66,21 @@ def plot_predictions(run_dir: RunDir, part: SegArrays, logits: torch.Tensor, thr
     return run_dir.predictions_png
 
 
-def prediction_figure(shown: SegArrays, logits: torch.Tensor, threshold: float,
+def prediction_figure(shown: SegArrays, logits: torch.Tensor, threshold: float, postprocess: str = "none",
                       class_names: Sequence[str] | None = None, scores: Sequence[float] | None = None) -> plt.Figure:
     """image / mask / probability / prediction of each case of ``shown`` (logits (N, C, H, W) in its
     order, on the CPU), one row each, with the case's IoU (``scores``, or computed here at this size).
-    Multi-class logits: image / mask / prediction in class colours, with a legend of ``class_names``."""
+    The prediction is the scored one (:func:`segbench.evaluation.scoring.decide`: threshold or argmax,
+    then ``postprocess``), at the logits' size. Multi-class logits: image / mask / prediction in class
+    colours, with a legend of ``class_names``."""
     logits = logits.float().cpu()
     shown = SegArrays(shown.images.cpu(), shown.masks.cpu(), shown.ids, shown.groups)
+    pred = decide(logits, threshold, postprocess)
     if scores is None:
-        scores = image_metrics(logits, shown.masks, threshold)["iou"].tolist()
+        scores = per_image(logits, shown.masks, threshold, postprocess, class_names)["iou"]
     if logits.shape[1] > 1:
-        return _class_grid(shown, logits.argmax(1), scores, class_names)
-    return _prediction_grid(shown.images, shown.masks, torch.sigmoid(logits), shown.ids, scores, threshold)
+        return _class_grid(shown, pred[:, 0], scores, class_names)
+    return _prediction_grid(shown.images, shown.masks, torch.sigmoid(logits), pred, shown.ids, scores)
 
 
 def _class_grid(shown: SegArrays, pred: torch.Tensor, scores: Sequence[float],
@@ -101,38 +99,33 @@ def _class_grid(shown: SegArrays, pred: torch.Tensor, scores: Sequence[float],
         panels = [(shown.images[i].permute(1, 2, 0).numpy(), shown.ids[i], {}),
                   (shown.masks[i, 0].numpy(), "mask", {"cmap": cmap, **kw}),
                   (pred[i].numpy(), f"prediction (mean IoU {scores[i]:.3f})", {"cmap": cmap, **kw})]
-        for ax, (img, name, style) in zip(axes[i], panels):
-            ax.imshow(img, **style)
-            ax.set_title(name, fontsize=9)
-            ax.axis("off")
+        draw_row(axes[i], panels)
     fig.legend(handles=[Patch(color=c, label=name) for c, name in zip(colours, names)], loc="lower center",
                ncol=min(num_classes, 6), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.4 / (2.6 * n + 0.5), 1, 1))
     return fig
 
 
-def _prediction_grid(
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    probs: torch.Tensor,
-    ids: Sequence[str],
-    scores: Sequence[float],
-    threshold: float = 0.5,
-) -> plt.Figure:
-    """images (N, 3, H, W) uint8; masks (N, 1, H, W) {0, 1}; probs (N, 1, H, W) foreground probability."""
+def draw_row(axes, panels) -> None:
+    """One row of a figure: each (image, title, imshow options) of ``panels`` in its axis, without ticks."""
+    for ax, (img, name, style) in zip(axes, panels):
+        ax.imshow(img, **style)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+
+
+def _prediction_grid(images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor, pred: torch.Tensor,
+                     ids: Sequence[str], scores: Sequence[float]) -> plt.Figure:
+    """images (N, 3, H, W) uint8; masks (N, 1, H, W) {0, 1}; probs (N, 1, H, W) foreground probability;
+    pred (N, 1, H, W) the decided foreground."""
     n = len(ids)
     fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
+    binary = {"cmap": "gray", "vmin": 0, "vmax": 1}
     for i in range(n):
-        panels = [
-            (images[i].permute(1, 2, 0).numpy(), f"{ids[i]}", {}),
-            (masks[i, 0].numpy(), "mask", {"cmap": "gray", "vmin": 0, "vmax": 1}),
-            (probs[i, 0].numpy(), "probability", {"cmap": "magma", "vmin": 0, "vmax": 1}),
-            ((probs[i, 0] > threshold).numpy(), f"prediction (IoU {scores[i]:.3f})", {"cmap": "gray", "vmin": 0, "vmax": 1}),
-        ]
-        for ax, (img, name, kw) in zip(axes[i], panels):
-            ax.imshow(img, **kw)
-            ax.set_title(name, fontsize=9)
-            ax.axis("off")
+        draw_row(axes[i], [(images[i].permute(1, 2, 0).numpy(), f"{ids[i]}", {}),
+                           (masks[i, 0].numpy(), "mask", binary),
+                           (probs[i, 0].numpy(), "probability", {"cmap": "magma", "vmin": 0, "vmax": 1}),
+                           (pred[i, 0].numpy(), f"prediction (IoU {scores[i]:.3f})", binary)])
     fig.tight_layout()
     return fig
 

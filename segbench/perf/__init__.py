@@ -1,0 +1,1 @@
+"""Measuring segbench: the benchmark loops (``segbench bench``) and the model summary (``segbench summary``)."""
