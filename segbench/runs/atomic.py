@@ -1,5 +1,5 @@
-"""Atomic file writers: a temp file beside the target, then a rename, so a kill at any moment leaves the
-previous complete version; a full disk is named as such. Which files a run has, and their formats,
+"""Atomic file writers: a temp file beside the target, fsynced, then a rename (and the directory fsynced), so
+a kill or a power cut at any moment leaves the previous complete version or the new one; a full disk is named as such. Which files a run has, and their formats,
 is :mod:`segbench.runs.rundir`'s; checkpoints are :mod:`segbench.runs.checkpoint`'s."""
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def atomic_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the file the usual permissions
+        fsync(Path(tmp))  # the data on disk before the name points at it: a crash leaves old or new, never empty
         os.replace(tmp, path)
+        fsync(path.parent)  # the rename itself on disk
     except BaseException as exc:
         full = isinstance(exc, Exception) and no_space(exc, path)  # asked before the partial file is removed
         Path(tmp).unlink(missing_ok=True)
@@ -52,6 +54,19 @@ def atomic_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
             raise DiskFull(f"could not write {path}: no space left on device (ENOSPC); free some space and "
                            "resume: the previous version of the file is intact") from exc
         raise
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's (or a directory's: its entries') data to the disk. A filesystem that cannot fsync a
+    directory (some network and Windows filesystems) is left to its own guarantees."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF) or not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:

@@ -13,14 +13,14 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CheckpointError, describe
-from .atomic import _atomic, write_error
+from .atomic import _atomic, fsync, write_error
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
     _atomic(path, lambda f: torch.save(state, f), "wb")
 
 
-UPGRADE_COMMAND = "python -m segbench.upgrade_checkpoints"
+UPGRADE_COMMAND = "segbench upgrade-checkpoints"
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -98,7 +98,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, tmp)
     except OSError:
         shutil.copyfile(src, tmp)
+        fsync(tmp)
     os.replace(tmp, dst)
+    fsync(dst.parent)
 
 
 class CheckpointWriter:
