@@ -24,6 +24,15 @@ SEARCH_MD = "search.md"
 RESULTS = "optimization_results.yaml"   # hydra-optuna-sweeper's file, kept for scripts that read it
 
 
+# the importance evaluator, named: optuna 5 changed get_param_importances' default (fANOVA -> PED-ANOVA)
+IMPORTANCE = "PedAnovaImportanceEvaluator"
+
+
+def importance_evaluator():
+    import optuna
+
+    return getattr(optuna.importance, IMPORTANCE)()
+
 def best_command(config: DictConfig | None, best: dict[str, Any], searched: list[str]) -> list[str]:
     """``python -m segbench -m ...``: the search's own overrides (without ``hparams_search`` and the
     searched keys) and the best trial's values."""
@@ -74,15 +83,16 @@ def write_search_report(study: optuna.Study, sweep_dir: Path, fixed: dict[str, A
                   shlex.join([*command, "seed=0,1,2"]),
                   shlex.join([*command, "split=kfold", "split.fold=0,1,2,3,4"]), "```", ""]
         try:
-            importances = optuna.importance.get_param_importances(study)
+            importances = optuna.importance.get_param_importances(study, evaluator=importance_evaluator())
         except Exception as exc:  # fewer than two complete trials, or nothing searched
             importances = {}
             log.info("no parameter importances: %s", describe(exc))
         if importances:
-            lines += ["| parameter | importance (optuna.importance, its default evaluator) |", "|---|---|",
+            lines += [f"| parameter | importance (optuna.importance.{IMPORTANCE}) |", "|---|---|",
                       *(f"| {k} | {v:.3f} |" for k, v in importances.items()), ""]
     plotted = [name for name, plot in (("optimization_history.png", lambda: plots.plot_optimization_history(study)),
-                                       ("param_importances.png", lambda: plots.plot_param_importances(study)))
+                                       ("param_importances.png", lambda: plots.plot_param_importances(
+                                           study, evaluator=importance_evaluator())))
                if complete and _save(plot, sweep_dir / name)]
     if plotted:
         lines += ["Plots: " + ", ".join(f"`{p}`" for p in plotted) + ".", ""]
