@@ -64,6 +64,15 @@ def interrupt_in_epoch(monkeypatch, stop_epoch):
     return lambda: monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(args, cwd, env=None):
     import subprocess
 
