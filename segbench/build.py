@@ -98,7 +98,8 @@ def optimizer_options(make_optimizer: Callable, optimizer_cfg: Any, device: torc
     return {}
 
 
-def build_optimizer(node: DictConfig, params: Iterable[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(node: DictConfig, params: Iterable[torch.nn.Parameter],
+                    device: torch.device) -> torch.optim.Optimizer:
     """The optimizer of ``node`` (a ``_partial_`` config) over ``params``, fused on CUDA where it can be."""
     make = build(node, "optimizer")
     try:

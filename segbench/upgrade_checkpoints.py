@@ -1,4 +1,5 @@
-"""``python -m segbench.upgrade_checkpoints``: the same as ``segbench upgrade-checkpoints`` (:mod:`segbench.cli.upgrade_checkpoints`)."""
+"""``python -m segbench.upgrade_checkpoints``: the same as ``segbench upgrade-checkpoints``
+(:mod:`segbench.cli.upgrade_checkpoints`)."""
 import sys
 
 from segbench.cli.upgrade_checkpoints import main

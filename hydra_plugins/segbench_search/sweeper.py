@@ -121,8 +121,9 @@ class OptunaSweeper(Sweeper):
             batch = []
             for trial, subdir in zip(trials, subdirs):
                 claim(trial, subdir)
-                batch.append([*(f"{k}={v}" for k, v in fixed.items()), *(f"{k}={v}" for k, v in trial.params.items()),
-                              *threads, f"hydra.sweep.subdir={subdir}", f"+hydra.job.env_set.{TRIAL_ENV}={trial.number}"])
+                batch.append([*(f"{k}={v}" for k, v in fixed.items()),
+                              *(f"{k}={v}" for k, v in trial.params.items()), *threads,
+                              f"hydra.sweep.subdir={subdir}", f"+hydra.job.env_set.{TRIAL_ENV}={trial.number}"])
             returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
             for trial, subdir, ret in zip(trials, subdirs, returns):

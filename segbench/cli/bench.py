@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs of each loop first")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="(b) and (c), as trainer.precision")
-    parser.add_argument("--channels-last", default="auto", choices=SWITCHES, help="(b) and (c), as trainer.channels_last")
+    parser.add_argument("--channels-last", default="auto", choices=SWITCHES,
+                        help="(b) and (c), as trainer.channels_last")
     parser.add_argument("--compile", default="false", choices=SWITCHES, help="(b) and (c), as trainer.compile")
     parser.add_argument("--load-size", type=int, default=256, help="image side for the PH2 load timing (default 256)")
     parser.add_argument("--augment", default="standard", help="augment preset timed in (d) (default standard)")

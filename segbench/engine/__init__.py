@@ -29,8 +29,9 @@ from .normalize import Normalize, Normalizer
 from .schedule import Poly, Schedule, WarmupCosine
 
 __all__ = [
-    "AUTOCAST_DTYPES", "PRECISIONS", "EMA", "EarlyStopping", "GradClip", "BestTracker", "Callback", "Checkpointer", "EpochLogger", "FitSettings",
-    "HistoryWriter", "Monitor", "Normalize", "Normalizer", "TimeEstimate", "OutOfMemory", "Poly", "ProgressBar", "Schedule", "Trainer", "TrainingDiverged",
+    "AUTOCAST_DTYPES", "PRECISIONS", "EMA", "EarlyStopping", "GradClip", "BestTracker", "Callback", "Checkpointer",
+    "EpochLogger", "FitSettings", "HistoryWriter", "Monitor", "Normalize", "Normalizer", "TimeEstimate", "OutOfMemory",
+    "Poly", "ProgressBar", "Schedule", "Trainer", "TrainingDiverged",
     "WarmupCosine", "autocast", "seed_everything", "maybe_compile", "resolve_channels_last", "resolve_device",
     "resolve_precision", "resolve_switch", "resolve_threads",
 ]

@@ -275,7 +275,8 @@ class EpochLogger(Callback):
                      trainer.settings.epochs, row["lr"], row["train/loss"], row["train/iou"], row["time"])
             return
         log.info(
-            "epoch %d/%d  lr %.2e  train/loss %.4f  train/iou %.4f  val/loss %.4f  val/iou %.4f  val/dice %.4f  (%.1fs)",
+            "epoch %d/%d  lr %.2e  train/loss %.4f  train/iou %.4f  val/loss %.4f  val/iou %.4f  val/dice %.4f  "
+            "(%.1fs)",
             row["epoch"], trainer.settings.epochs, row["lr"], row["train/loss"], row["train/iou"], row["val/loss"],
             row["val/iou"], row["val/dice"], row["time"],
         )

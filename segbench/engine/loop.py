@@ -247,7 +247,8 @@ class Trainer:
         """uint8 (B, 3, H, W) on the device -> normalised float in the model's memory format."""
         return self.normalizer(images).contiguous(memory_format=self.memory_format)
 
-    def prepare_batch(self, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare_batch(self, images: torch.Tensor, masks: torch.Tensor,
+                      idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training batch ``idx`` gathered from the split on the device, augmented (when the trainer
         has an augmentation) and normalised: float inputs in the model's memory format, float masks."""
         x, y = images[idx].float() / 255, masks[idx].float()  # (B, 3, H, W) in [0, 1], (B, 1, H, W)
@@ -283,7 +284,8 @@ class Trainer:
         try:
             train_stats = self.train_epoch(images, masks, epoch)
         except torch.cuda.OutOfMemoryError as exc:
-            raise out_of_memory(exc, f"training epoch {epoch}", self.settings.batch_size, "trainer.batch_size") from None
+            raise out_of_memory(exc, f"training epoch {epoch}", self.settings.batch_size,
+                                "trainer.batch_size") from None
         self.train_time += time.perf_counter() - start
         self.train_images += images.shape[0]
         if self.settings.validates(epoch):

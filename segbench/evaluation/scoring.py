@@ -296,7 +296,8 @@ def score_test(
     to its case's original mask; ``tta`` and ``postprocess`` as in :func:`predict_tta` and
     :func:`predict_masks`.
     """
-    threshold, resolution, tta, postprocess = settings.threshold, settings.resolution, settings.tta, settings.postprocess
+    threshold, resolution = settings.threshold, settings.resolution
+    tta, postprocess = settings.tta, settings.postprocess
     auto = settings.auto_threshold
     val_logits = predict_tta(trainer, val, tta)
     chosen = choose_threshold(val_logits, val.masks, postprocess=postprocess) if auto else float(threshold)

@@ -81,7 +81,8 @@ class FlexibleUNet(MonaiNet):
         net = _nets("monai_flexible_unet").FlexibleUNet(
             in_channels=in_channels, out_channels=num_classes, backbone=backbone, pretrained=pretrained,
             decoder_channels=decoder, spatial_dims=2)
-        for head in UNUSED_HEADS:  # the backbone's classifier, which the U-Net never calls: no weights to train or store
+        # the backbone's classifier, which the U-Net never calls: no weights to train or store
+        for head in UNUSED_HEADS:
             if isinstance(getattr(net.encoder, head, None), nn.Module):
                 setattr(net.encoder, head, nn.Identity())
         for module in net.modules():

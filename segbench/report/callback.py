@@ -112,7 +112,8 @@ class ReportCallback(Callback):
             clock = json.loads((sweep_dir / SWEEP_CLOCK).read_text())
             with open(sweep_dir / JOBS_ENDED, "a") as f:  # one short line per write: appends do not interleave
                 f.write(f"{clock['launch']} {config.hydra.job.num} {time.time():.3f}\n")
-            ended = sum(line.split(" ", 1)[0] == clock["launch"] for line in (sweep_dir / JOBS_ENDED).read_text().splitlines())
+            lines = (sweep_dir / JOBS_ENDED).read_text().splitlines()
+            ended = sum(line.split(" ", 1)[0] == clock["launch"] for line in lines)
         except (OSError, ValueError, KeyError):
             return  # no clock: a launch this callback did not start, or a sweeper of unknown size
         if ended < clock["jobs"]:
@@ -125,7 +126,8 @@ class ReportCallback(Callback):
             log.warning("no run directories under %s; no report written", sweep_dir)
             return
         counts = build_report(runs, sweep_dir)
-        log.info("comparison report: %s (%d runs, %d failed)", sweep_dir / "summary.md", counts["runs"], counts["failed"])
+        log.info("comparison report: %s (%d runs, %d failed)", sweep_dir / "summary.md", counts["runs"],
+                 counts["failed"])
         if counts["failed"]:
             raise SystemExit(
                 f"segbench: {counts['failed']} of {counts['runs']} jobs failed; see {sweep_dir / 'summary.md'}"

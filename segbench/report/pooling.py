@@ -193,7 +193,8 @@ def markdown(result: dict, metric: str) -> list[str]:
 
     digits = 1 if metric == "hd95" else 3
     for r in result["rows"]:
-        mean = "-" if math.isnan(r.mean) else f"{num(r.mean, digits)} [{num(r.ci_low, digits)}, {num(r.ci_high, digits)}]{unit}"
+        mean = "-" if math.isnan(r.mean) else \
+            f"{num(r.mean, digits)} [{num(r.ci_low, digits)}, {num(r.ci_high, digits)}]{unit}"
         diff = "-" if math.isnan(r.difference) else \
             f"{r.difference:+.{digits}f} [{r.diff_ci_low:+.{digits}f}, {r.diff_ci_high:+.{digits}f}]"
         p = "-" if math.isnan(r.p) else f"{r.p:.3g}"

@@ -77,7 +77,8 @@ def _markdown(table: Sequence[dict], rows: Sequence[RunRecord], split_note: str,
         "",
         f"Overrides shared by all runs: `{' '.join(common)}`" if common else "No overrides shared by all runs.",
         "",
-        f"| rank | model | loss | overrides | test IoU | test Dice | thr. IoU | test HD95 (px) | best {_monitors(rows)} "
+        "| rank | model | loss | overrides | test IoU | test Dice | thr. IoU | test HD95 (px) | "
+        f"best {_monitors(rows)} "
         "| best epoch | params | train time (s) | images/s | runs | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -97,7 +98,8 @@ def _markdown(table: Sequence[dict], rows: Sequence[RunRecord], split_note: str,
     if failed:
         lines += ["", "## Runs that did not finish", ""]
         lines += [f"- `{r.path.name}` ({r.status}): {r.error or 'no metrics.json'}" for r in failed]
-    lines += ["", "Plots: `val_iou_curves.png`, `val_loss_curves.png`, `test_scores.png`, `heatmap_test_iou.png`.", "", ""]
+    lines += ["", "Plots: `val_iou_curves.png`, `val_loss_curves.png`, `test_scores.png`, `heatmap_test_iou.png`.",
+              "", ""]
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Atomic file writers: a temp file beside the target, fsynced, then a rename (and the directory fsynced), so
-a kill or a power cut at any moment leaves the previous complete version or the new one; a full disk is named as such. Which files a run has, and their formats,
-is :mod:`segbench.runs.rundir`'s; checkpoints are :mod:`segbench.runs.checkpoint`'s."""
+a kill or a power cut at any moment leaves the previous complete version or the new one; a full disk is
+named as such. Which files a run has, and their formats, is :mod:`segbench.runs.rundir`'s; checkpoints
+are :mod:`segbench.runs.checkpoint`'s."""
 from __future__ import annotations
 
 import contextlib

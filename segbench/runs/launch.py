@@ -44,7 +44,8 @@ def resume_command(run_dir: RunDir) -> str:
 
 
 # Hydra overrides of a launch that the hint sets itself, or that Hydra and segbench add to every run
-_NOT_RELAUNCHED = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=", "hydra.job.config.override_dirname.exclude_keys=")
+_NOT_RELAUNCHED = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=",
+                   "hydra.job.config.override_dirname.exclude_keys=")
 
 
 def _launch_options(overrides: Any) -> list[str]:

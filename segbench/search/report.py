@@ -69,7 +69,7 @@ def write_search_report(study: optuna.Study, sweep_dir: Path, fixed: dict[str, A
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
+    counts = {s.name.lower(): n for s in TrialState if (n := sum(t.state == s for t in trials))}
     lines = [f"## Search: study '{study.study_name}'", "",
              f"{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
              f"{study.direction.name.lower()} the value each trial returns (its monitored val metric; never test).", ""]
