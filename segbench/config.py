@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import UserError
+from .errors import DataError, UserError
 from .validation import check_int, check_number, check_switch
 
 CONF_PACKAGE = "segbench.conf"  # conf/ in the repository, mapped to this package (pyproject.toml)
@@ -127,3 +127,49 @@ def differences(saved: dict, current: dict) -> list[str]:
     a, b = flatten(saved), flatten(current)
     keys = [k for k in sorted(set(a) | set(b)) if not is_run_setting(k)]
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+PLAIN = (str, int, float, bool, type(None))
+
+
+def _not_plain(value: Any, key: str) -> Iterator[str]:
+    """What in ``value`` is not plain data: an interpolation (``${...}``, never resolved: it could read the
+    environment), or a value of another type than dicts with string keys, lists and scalars."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                yield f"the key {k!r} under '{key or '.'}' is not a string"
+            else:
+                yield from _not_plain(v, f"{key}.{k}" if key else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _not_plain(v, f"{key}[{i}]")
+    elif isinstance(value, str):
+        if "${" in value:
+            yield f"'{key}' holds an interpolation (${{...}}; not resolved)"
+    elif not isinstance(value, PLAIN):
+        yield f"'{key}' holds a {type(value).__name__}"
+
+
+def saved_config(config: Any, source: str, required: Sequence[str] = ()) -> dict:
+    """A config read from someone else's file (a checkpoint, run.json, an evaluation's metrics.json) as the
+    plain data segbench writes: nested dicts, lists and scalars, no interpolation, and every key of
+    ``required`` (dotted) present. Anything else is a DataError naming ``source`` and the key; the config is
+    never resolved, so reading it runs nothing and reads no environment."""
+    if not isinstance(config, dict):
+        raise DataError(f"{source} holds a config that is a {type(config).__name__}, not a mapping; it was not "
+                        "written by segbench")
+    problems = list(_not_plain(config, ""))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"{source} holds a config that is not plain data: {problems[0]}{more}; segbench writes "
+                        "resolved configs only, so this file was not written by segbench or was edited")
+    for key in required:
+        node: Any = config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise DataError(f"{source} holds a config without '{key}'; it was not written by segbench, or it "
+                                "is damaged")
+            node = node[part]
+    return config
+

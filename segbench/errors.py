@@ -45,10 +45,17 @@ def report(prog: str, exc: BaseException | str) -> int:
     return 2
 
 
+def os_error(exc: OSError) -> str:
+    """An OSError as a message naming its path: ``cannot write 'out/x': Read-only file system``."""
+    paths = " -> ".join(f"'{p}'" for p in (exc.filename, exc.filename2) if p is not None)
+    return f"{paths}: {exc.strerror or describe(exc)}" if paths else describe(exc)
+
+
 def command(prog: str, catch: tuple[type[BaseException], ...] = ()) -> Callable:
     """Decorates a command's ``main(argv) -> int``: a :class:`SegbenchError` (or one of ``catch``, such as
     Hydra's errors) raised from it is reported with :func:`report` and the exit status 2, never a
-    traceback (what lightning-hydra-template's ``task_wrapper`` does for its tasks)."""
+    traceback (what lightning-hydra-template's ``task_wrapper`` does for its tasks); so is an OSError
+    (an output that is a file, a read-only file system), naming its path."""
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def wrapper(argv: list[str] | None = None) -> int:
@@ -56,6 +63,8 @@ def command(prog: str, catch: tuple[type[BaseException], ...] = ()) -> Callable:
                 return main(argv)
             except (SegbenchError, *catch) as exc:
                 return report(prog, exc)
+            except OSError as exc:  # a path the user gave: a file for a folder, a read-only file system, ...
+                return report(prog, os_error(exc))
         return wrapper
     return wrap
 

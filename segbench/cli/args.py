@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from ..errors import SegbenchError
+from ..errors import SegbenchError, UserError
 from ..evaluation.datasets import rescore
 from ..names import HEADLINE
 from ..runs import RunDir
@@ -43,3 +44,12 @@ def rescore_runs(runs: list[RunDir], device: str, dataset_root: str | None) -> i
         print(f"{run.path}: " + ", ".join(f"{k} {old.get(k, float('nan')):.4f} -> {new[k]:.4f}"
                                           for k in HEADLINE))
     return 1 if failed else 0
+
+
+def check_output_dir(path: Path, option: str = "--output") -> None:
+    """An output folder is a folder (or not there yet) and not a training run's directory; else a UserError."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} '{path}' is a file; expected a folder (it is created if missing)")
+    if RunDir.is_run(path):
+        raise UserError(f"{option} '{path}' is a run directory; its files are the run's own: choose another "
+                        f"{option}")

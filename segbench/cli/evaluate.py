@@ -36,12 +36,13 @@ from ..errors import command
 from ..evaluation.datasets import PARTS, evaluate
 from ..report import build_report
 from ..runs import RunDir, find_runs
-from .args import add_ensemble_options, check_ensemble_options, rescore_runs
+from .args import add_ensemble_options, check_ensemble_options, check_output_dir, rescore_runs
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segbench evaluate", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("args", nargs="+", metavar="RUN_DIR|OVERRIDE",
                    help="run directories or folders of them (sweeps); dataset=... / split=... overrides")
     p.add_argument("--output", "-o", type=Path, help="where the scores and the report go")
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return rescore_runs(find_runs(dirs), device, args.dataset_root)
     if args.output is None:
         p.error("--output DIR is required (or --in-place, to rescore the runs' own files)")
+    check_output_dir(args.output)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs = find_runs(dirs, trained=True)
     written = evaluate(runs, args.output, overrides, args.part, args.ensemble, device, args.dataset_root,

@@ -24,8 +24,9 @@ from ..engine import resolve_device
 from ..errors import SegbenchError, UserError, command
 from ..evaluation.predict import CSV_COLUMNS, CSV_NAME, distinct_stems, expand_inputs, predict_files, split_runs
 from ..evaluation.trained import CHECKPOINTS, Ensemble, load_trained
+from ..runs import RunDir
 from ..runs.atomic import write_csv
-from .args import add_ensemble_options, check_ensemble_options
+from .args import add_ensemble_options, check_ensemble_options, check_output_dir
 
 
 @command("segbench predict")
@@ -58,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except SegbenchError as exc:  # the device check speaks of the config key; here it is the option
         raise UserError(str(exc).replace("trainer.device=", "--device ")) from None
     trained = Ensemble.of(members, args.threshold, args.postprocess) if args.ensemble else members[0]
+    for member in members:
+        warn_unfinished(member.run_dir)
     files, failed = expand_inputs(inputs)
     files = distinct_stems(files, failed)
     output = Path(args.output)
+    check_output_dir(output)
     targets = [output / CSV_NAME] + [output / f"{p.stem}{suffix}" for p in files for suffix in (".png", "_overlay.png")]
     existing = [p for p in targets if p.exists()]
     if existing and not args.overwrite:
@@ -77,4 +81,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  - {item}: {why}", file=sys.stderr)
         return 1
     return 0
+
+
+def warn_unfinished(run: RunDir) -> None:
+    """A run that has not finished (interrupted, failed, still training) predicts with its best checkpoint so
+    far: said on stderr, with its status and last epoch (evaluate refuses such runs)."""
+    status = run.status()
+    if status == "done":
+        return
+    try:
+        epochs = int(run.read_history()[-1]["epoch"])
+        planned = ((run.read_record().get("config") or {}).get("trainer") or {}).get("epochs")
+    except (SegbenchError, IndexError, KeyError, ValueError, AttributeError):  # a damaged record: no numbers
+        epochs, planned = 0, None
+    where = f"epoch {epochs}" + (f" of {planned}" if planned else "") if epochs else "no finished epoch recorded"
+    print(f"warning: {run.path} is not a finished run (status {status}, {where}): predicting with its best "
+          "checkpoint so far", file=sys.stderr)
 

@@ -241,6 +241,18 @@ def check_output(path: Path) -> None:
                         "other files); choose another --output")
 
 
+def check_others(output: Path, targets: Sequence[Path]) -> None:
+    """``output`` holds no evaluation of other runs: its report would mix them with these (an earlier
+    evaluation of the same runs, the same command again, is replaced)."""
+    if not output.is_dir():
+        return
+    others = sorted(p.name for p in output.iterdir() if p.is_dir() and RunDir.is_run(p) and p not in set(targets))
+    if others:
+        listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise UserError(f"'{output}' holds the evaluation of other runs ({listed}); its report would mix them with "
+                        "these: choose another --output, or remove them first")
+
+
 def with_scores(metrics: dict, scores: dict) -> dict:
     """A run's metrics.json with its test scores (``test/*``, ``val_final/*``, ``by_*``) replaced by ``scores``;
     the training record (best epoch, timings, ...) kept."""
@@ -321,6 +333,7 @@ def evaluate(runs: Sequence[RunDir], output: Path, overrides: Sequence[str] = ()
     cases = external_cases(overrides, part) if overrides else Cases()
     names = output_names(runs)
     targets = [output / n for n in names] + ([output / ENSEMBLE_DIR] if ensemble else [])
+    check_others(output, targets)
     for target in targets:
         check_output(target)
     group = Ensemble.of(members, threshold, postprocess) if ensemble else None  # errors before any scoring

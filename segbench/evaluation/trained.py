@@ -24,6 +24,7 @@ from torch import nn
 
 from ..build import build_saved
 from ..compat import upgrade_config
+from ..config import saved_config
 from ..data import SegArrays
 from ..data.arrays import resize_image
 from ..engine.normalize import Normalize, Normalizer
@@ -33,6 +34,8 @@ from ..validation import check_choice
 from .scoring import POSTPROCESS, EvalSettings, decide, predict_tta
 
 CHECKPOINTS = ("best", "last")
+# what a trained model reads from its checkpoint's config (checked before anything is built)
+SAVED_KEYS = ("model", "model._target_", "dataset", "dataset._target_", "dataset.image_size")
 
 
 class Normalized(nn.Module):
@@ -206,9 +209,13 @@ def load_trained(run_dir: str | Path, which: str = "best", device: torch.device 
         raise UserError(f"'{path}' does not exist ({run.path} is {what}); a trained model needs a run that has "
                         "finished at least one epoch")
     state = run.load_checkpoint(which)  # a damaged file: a CheckpointError naming it
-    config: dict[str, Any] = upgrade_config(state.get("config") or {})  # a run from before 0.2: today's keys
-    if "model" not in config:
-        raise UserError(f"the checkpoint '{path}' holds no run config; it was not written by segbench")
+    if not state.get("config"):
+        raise CheckpointError(f"the checkpoint '{path}' holds no run config; it was not written by segbench")
+    try:  # data, never resolved; a run from before 0.2 in today's keys
+        config: dict[str, Any] = upgrade_config(saved_config(state["config"], f"the checkpoint '{path}'",
+                                                             SAVED_KEYS))
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
     try:  # the config is data from someone else: only an nn.Module class is built from it
         model = build_saved(config["model"], "model", nn.Module, f"the checkpoint '{path}'")
     except DataError as exc:
@@ -216,6 +223,10 @@ def load_trained(run_dir: str | Path, which: str = "best", device: torch.device 
     except InstantiationException as exc:
         raise CheckpointError(f"the checkpoint '{path}' names a model that cannot be built: "
                               f"{str(exc).splitlines()[0]}") from exc
+    missing = [k for k in ("model", "normalizer") if not isinstance(state.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"the checkpoint '{path}' holds no {' and no '.join(missing)} state; it was not "
+                              "written by segbench, or it is damaged")
     model.load_state_dict(state["model"])
     network = Normalized(model, Normalizer(**state["normalizer"])).to(device).eval()
     metrics = run.read_metrics()

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..build import build_saved  # noqa: E402
+from ..config import saved_config  # noqa: E402
 from ..data import SegDataset  # noqa: E402
 from ..errors import SegbenchError  # noqa: E402
 from ..evaluation.trained import Ensemble, load_trained  # noqa: E402
@@ -72,6 +73,8 @@ class Source:
             self.model = load_trained(evaluated.get("run") or record.path)
             self.size = self.model.image_size
             dataset = evaluated.get("dataset") or self.model.config["dataset"]
+        dataset = saved_config(dataset, f"'{RunDir(record.path).metrics_json}'" if evaluated else
+                               f"the checkpoint of {record.path}", ("_target_",))
         self.dataset = {k: v for k, v in dataset.items() if k != "image_size"}
         self.source = f"'{RunDir(record.path).metrics_json}'" if evaluated else f"the checkpoint of {record.path}"
         self.path = Path(evaluated.get("run") or record.path)  # the trained run (an evaluation: the one it scored)
@@ -140,7 +143,8 @@ def draw(groups: dict[tuple, list[RunRecord]], configs: Sequence[Pooled], refere
     except (SegbenchError, OSError, KeyError, ValueError, RuntimeError) as exc:
         log.warning("the cases were not drawn: %s", exc)
         return lines + [f"The cases were not drawn: {exc}", ""]
-    return lines + [f"Drawn in `{DIFFER_PNG}` and `{WORST_PNG}`: expert outline in green, prediction tinted and outlined in red, "
+    return lines + [f"Drawn in `{DIFFER_PNG}` and `{WORST_PNG}`: expert outline in green, prediction tinted and "
+                    "outlined in red, "
                     f"redrawn from {drawn}.", ""]
 
 

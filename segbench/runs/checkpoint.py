@@ -39,16 +39,28 @@ def load_checkpoint(path: Path) -> dict:
         raise
     except pickle.UnpicklingError as exc:
         if _UNSAFE.search(str(exc)) is None:  # not a refused object: a file that is not a checkpoint
-            raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read ({describe(exc)})") from exc
+            raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read ({_reason(exc)})") from exc
         raise CheckpointError(
             f"the checkpoint '{path}' holds objects that a safe load (torch.load(weights_only=True)) refuses, since "
             f"loading them could run code ({_unsafe_global(exc)}); segbench before 0.2 wrote such files. If you "
             f"trust where it came from, convert it once: {UPGRADE_COMMAND} {_run_dir_of(Path(path))}") from exc
     except Exception as exc:  # noqa: BLE001 - torch.load's many ways to fail on a damaged file
-        raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read ({describe(exc)})") from exc
+        raise CheckpointError(f"the checkpoint '{path}' is damaged and cannot be read ({_reason(exc)})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"'{path}' is not a segbench checkpoint (it holds a {type(state).__name__}, not a dict)")
     return state
+
+
+def _reason(exc: BaseException) -> str:
+    """Why torch could not read a file, without torch's advice to load it with weights_only=False (which
+    would run code from a file that may be someone else's): the unpickler's own words when there are any."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        return f"{type(exc).__name__}: {' '.join(detail.split())}".rstrip(": ")
+    if "weights_only" in text or "Weights only" in text:
+        return type(exc).__name__
+    return describe(exc)
 
 
 # how torch's weights-only unpickler names an object it refuses ("Unsupported global: GLOBAL numpy...",

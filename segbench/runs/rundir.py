@@ -303,13 +303,28 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         raise _damaged(path, exc) from exc
 
 
+# a run dir's records are a few KB (metrics.json, run.json, Hydra's YAML); a larger file is not segbench's
+MAX_RECORD_BYTES = 16 * 2**20
+
+
+def _record_text(path: Path) -> str:
+    """The text of a record file, refused (a DataError naming it) when larger than MAX_RECORD_BYTES."""
+    size = path.stat().st_size
+    if size > MAX_RECORD_BYTES:
+        raise _damaged(path, ValueError(f"{size / 2**20:.0f} MB, more than the {MAX_RECORD_BYTES // 2**20} MB "
+                                        "a segbench record can be"))
+    return path.read_text()
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(_record_text(path))
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise _damaged(path, exc) from exc
+    except RecursionError:
+        raise _damaged(path, ValueError("nested deeper than Python can parse")) from None
     if not isinstance(data, dict):
         raise _damaged(path, TypeError(f"a JSON {type(data).__name__}, not an object"))
     return data
@@ -319,6 +334,8 @@ def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         return None
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(_record_text(path))
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise _damaged(path, exc) from exc
+    except RecursionError:
+        raise _damaged(path, ValueError("nested deeper than Python can parse")) from None
