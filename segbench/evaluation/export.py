@@ -1,16 +1,6 @@
-"""A trained run as a standalone model file (ONNX or TorchScript): the library of ``segbench export``.
-
-The exported model takes float32 RGB images in [0, 1], shape (batch, 3, height, width), any batch
-size and any height and width (the run's input size gives its best results), and returns logits
-(batch, classes, height, width); segbench's input normalisation is part of it. Binary runs:
-mask = sigmoid(logits) > threshold; multi-class: argmax over classes. The run's threshold, input size
-and evaluation settings are written beside it (``<output>.json``); test-time augmentation and
-post-processing are not part of the graph.
-
-Before the file is written, the export is run on a random batch of another batch size and height
-than the traced one and compared with PyTorch (onnxruntime for ONNX); a mismatch is an error and no
-file is written. ONNX needs the extra: pip install "segbench[export]".
-"""
+"""A trained run as a standalone model file (ONNX or TorchScript), with its input normalisation inside and
+its settings in ``<output>.json``, checked against PyTorch before it is written: the library of
+``segbench export`` (:mod:`segbench.cli.export` says what the file takes and returns)."""
 from __future__ import annotations
 
 import logging
