@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ..compat import monitor_of, moved_keys
-from ..errors import SegbenchError, report, require
+from ..errors import SegbenchError, command, report, require
 from ..runs.naming import register_resolvers
 
 log = logging.getLogger("segbench")
@@ -66,18 +66,16 @@ def hydra_main(cfg: DictConfig) -> float | None:
 OPTIONAL = [("hparams_search=optuna", "optuna", "optuna", "search")]
 
 
+@command("segbench")
 def main(argv: list[str] | None = None) -> int:
     """Checks for keys that moved and that an option needing an optional extra has its package (Hydra
     would only say that it cannot find a config), then runs the Hydra app :func:`hydra_main` on ``argv``
-    (Hydra reads its arguments from ``sys.argv``)."""
+    (Hydra reads its arguments from ``sys.argv``; it exits with its own status)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        moved_keys(args)
-        for option, module, package, extra in OPTIONAL:
-            if option in args:
-                require(module, package, extra, option)
-    except SegbenchError as exc:
-        return report("segbench", exc)
+    moved_keys(args)
+    for option, module, package, extra in OPTIONAL:
+        if option in args:
+            require(module, package, extra, option)
     sys.argv[1:] = args
     hydra_main()
     return 0
