@@ -1,6 +1,6 @@
-"""Stopping a run on a signal as on Ctrl-C: SIGTERM (what SLURM and ``kill`` send), SIGUSR1 and SIGUSR2
-(the advance warnings a cluster sends before a time limit, with ``sbatch --signal``; submitit asks for
-SIGUSR2 by default).
+"""Stopping a run on a signal as on Ctrl-C: SIGTERM (what SLURM and ``kill`` send), SIGHUP (an ssh session
+or a login node dropping), SIGUSR1 and SIGUSR2 (the advance warnings a cluster sends before a time limit,
+with ``sbatch --signal``; submitit asks for SIGUSR2 by default).
 
 Inside :func:`stop_on_signals` the first of these signals raises :class:`Stopped` in the main thread,
 which unwinds the run like a KeyboardInterrupt: the last finished epoch's ``last.pt`` is already on
@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+                     if hasattr(signal, name))
 
 
 class Stopped(KeyboardInterrupt):

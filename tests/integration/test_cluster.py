@@ -110,27 +110,33 @@ def test_signals_stop_like_ctrl_c_and_reach_the_handler_before(monkeypatch):
         signal.signal(signal.SIGUSR1, previous)
 
 
-def test_sigterm_in_run_records_the_signal(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])  # SIGHUP: an ssh session or a login node dropping
+def test_a_signal_in_run_records_it_and_the_same_run_continues(tmp_path, monkeypatch, name):
     from segbench.engine import Trainer
 
+    signum = getattr(signal, name)
     train_epoch = Trainer.train_epoch
 
     def terminated(self, images, masks, epoch):
         if epoch == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
             time.sleep(1)
         return train_epoch(self, images, masks, epoch)
 
     monkeypatch.setattr(Trainer, "train_epoch", terminated)
     out = tmp_path / "run"
-    with pytest.raises(signals.Stopped):
-        run(compose_cfg([*TINY, "trainer.epochs=3", f"output_dir={out}"]))
-    assert json.loads((out / "metrics.json").read_text()) == {"status": "interrupted", "error": "SIGTERM",
-                                                              "signal": "SIGTERM"}
+    cfg = compose_cfg([*TINY, "trainer.epochs=3", f"output_dir={out}"])
+    with pytest.raises(signals.Stopped) as stopped:
+        run(cfg)
+    assert stopped.value.exit_status == 128 + signum
+    assert json.loads((out / "metrics.json").read_text()) == {"status": "interrupted", "error": name, "signal": name}
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    assert signal.getsignal(signum) is signal.SIG_DFL  # restored
     rows = build_report([RunDir(out)], tmp_path / "report")
     assert rows["runs"] == 1 and "| interrupted |" in (tmp_path / "report" / "summary.md").read_text()
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    assert run(cfg)["status"] == "done"  # the same command continues from last.pt
+    assert "resuming from" in (out / "train.log").read_text()
 
 
 def test_a_used_run_dir_is_never_trained_twice(tmp_path, caplog):
