@@ -83,7 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         start = time.perf_counter()
         where = setup(cfg, run_dir, resolved)
         parts = build_parts(cfg, where.device)
-        data = load_data(cfg, run_dir, parts)
+        data = load_data(cfg, run_dir, parts, where.names["dataset"])
         fitted = fit(cfg, run_dir, resolved, where, parts, data)
         if fitted.pruned_epoch is not None:
             return _pruned(run_dir, fitted, where)
@@ -221,7 +221,7 @@ class Data:
     monitor: Monitor  # with the dataset's classes known
 
 
-def load_data(cfg: DictConfig, run_dir: RunDir, parts: Parts) -> Data:
+def load_data(cfg: DictConfig, run_dir: RunDir, parts: Parts, name: str) -> Data:
     """Step 3: the split made (and written to split.json) and its train/val/test parts loaded."""
     dataset = parts.dataset
     load_start = time.perf_counter()
@@ -230,7 +230,7 @@ def load_data(cfg: DictConfig, run_dir: RunDir, parts: Parts) -> Data:
     load_time = time.perf_counter() - load_start
     monitor = build_monitor(cfg.trainer, dataset.class_names if dataset.num_classes > 1 else None)
     run_dir.write_split(split)
-    log.info("data: %s, %d/%d/%d train/val/test at %dpx, loaded in %.2fs (split %s)", choices(cfg)["dataset"],
+    log.info("data: %s, %d/%d/%d train/val/test at %dpx, loaded in %.2fs (split %s)", name,
              *(len(loaded[k]) for k in ("train", "val", "test")), dataset.image_size, load_time, split["digest"])
     return Data(split, loaded, load_time, monitor)
 
