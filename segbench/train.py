@@ -50,6 +50,7 @@ from .metrics import class_keys
 from .report.figures import plot_augmentations, plot_curves, plot_predictions
 from .runs import RunDir
 from .runs.launch import resume_command
+from .runs.lock import run_lock
 from .runs.resume import last_state, used_dir
 from .search import TRIAL_ENV
 from .splits import Split
@@ -63,9 +64,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     A run dir that already holds a run is never trained twice nor overwritten silently
     (``trainer.resume=auto``, the default; :mod:`segbench.runs.resume`): a finished run is returned as it
     is, a partial one continues from its ``last.pt``, and one with other defining settings is refused,
-    naming them. ``trainer.resume=overwrite`` trains from epoch 1 and replaces what the dir holds. A run
-    that raises still leaves a ``metrics.json``, with status ``failed`` (or ``interrupted``: Ctrl-C,
-    SIGTERM, SIGUSR1) and the error, next to its last good checkpoint.
+    naming them. ``trainer.resume=overwrite`` trains from epoch 1 and replaces what the dir holds. One
+    process trains a run dir at a time (:mod:`segbench.runs.lock`): a second one waits for it, then finds
+    the run finished or continues it. A run that raises still leaves a ``metrics.json``, with status
+    ``failed`` (or ``interrupted``: Ctrl-C, SIGTERM, SIGHUP, SIGUSR1/2, naming the signal) and the error,
+    next to its last good checkpoint.
 
     The steps, each a function below: :func:`setup` (check the config, the device and how to compute),
     :func:`build_parts` (the components), :func:`load_data`, :func:`fit`, :func:`test` (the best
@@ -74,6 +77,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = RunDir(cfg.output_dir).create()
     run_dir.ensure_log_file()
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    with run_lock(run_dir.path):  # one trainer at a time: a second process waits, then finds the run as it was left
+        return _run(cfg, run_dir, resolved)
+
+
+def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
     if used_dir(run_dir, cfg.trainer.get("resume"), resolved) == "done":
         log.info("%s holds a finished run with these settings (metrics.json status done): not training it again; "
                  "trainer.resume=overwrite trains it again", run_dir.path)

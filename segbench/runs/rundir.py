@@ -13,6 +13,7 @@
       checkpoints/last.pt, best.pt           trainer state; best.pt is a hard link to last.pt at the best epoch
       curves.png, predictions.png            plots (segbench.report.figures)
       augmentations.png                      training images and augmented draws (with augmentation)
+      .segbench.lock                         flocked by the process training the run; says its host and pid
 
 A sweep dir holds its job dirs, the report (``summary.md`` and its files) and
 Hydra's ``multirun.yaml`` of the launch; an earlier launch into the same dir (a
