@@ -57,8 +57,12 @@ def defining_overrides(overrides: Sequence[Any]) -> list[str]:
 
 def parallel_jobs(launcher: Any, cores: int) -> int:
     """How many jobs a sweep's launcher runs at once on one machine: joblib's ``n_jobs`` (negative as joblib
-    reads it: -1 = one per core); 1 for launchers that run one job per machine (basic, SLURM)."""
-    if not launcher or "joblib" not in str(launcher.get("_target_", "")).lower():
+    reads it: -1 = one per core); ``array_parallelism`` for the local stand-in of SLURM (slurm_local); 1 for
+    launchers that run one job per machine (basic, SLURM)."""
+    target = str((launcher or {}).get("_target_", ""))
+    if target.endswith("SlurmLocalLauncher"):
+        return max(1, int(launcher.get("array_parallelism") or 1))
+    if "joblib" not in target.lower():
         return 1
     n_jobs = int(launcher.get("n_jobs") or 1)
     return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)

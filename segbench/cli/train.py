@@ -18,18 +18,20 @@ log = logging.getLogger("segbench")
 register_resolvers()  # before Hydra resolves hydra.sweep.subdir
 
 
-def register_sweeper() -> None:
-    """Register segbench's Optuna sweeper with Hydra. Hydra finds plugins by listing the ``hydra_plugins``
-    package's folders, which misses one installed in editable mode (``pip install -e``); registering the
-    class (it imports no Optuna) works for every kind of install."""
+def register_plugins() -> None:
+    """Register segbench's Optuna sweeper and its local SLURM stand-in with Hydra. Hydra finds plugins by
+    listing the ``hydra_plugins`` package's folders, which misses one installed in editable mode (``pip
+    install -e``); registering the classes (they import neither Optuna nor submitit) works for every install."""
     from hydra.core.plugins import Plugins
 
+    from hydra_plugins.segbench_cluster.launcher import SlurmLocalLauncher
     from hydra_plugins.segbench_search.sweeper import OptunaSweeper
 
     Plugins.instance().register(OptunaSweeper)
+    Plugins.instance().register(SlurmLocalLauncher)
 
 
-register_sweeper()
+register_plugins()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://segbench.conf", config_name="config")
@@ -40,13 +42,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
     In a multirun, a failed job is logged and recorded (``metrics.json`` status
     ``failed``) and the sweep goes on; the report callback lists it at the end.
     """
-    from segbench.engine.signals import Stopped
+    from segbench.engine.signals import Stopped, exit_after_stop
     from segbench.train import run  # imported here so `--help` stays fast
 
     try:
         metrics = run(cfg)
-    except Stopped as exc:  # SIGTERM, SIGUSR1/2: run() saved the state and logged how to resume
+    except Stopped as exc:  # Ctrl-C, SIGTERM, SIGHUP, SIGUSR1/2: run() saved the state and logged how to resume
         print(f"segbench: stopped by {exc.name}", file=sys.stderr)
+        exit_after_stop(exc)  # a further signal (or one during the stop) only hurries the exit
         raise SystemExit(exc.exit_status) from None
     except KeyboardInterrupt:  # run() has logged where the last epoch is and how to resume
         print("segbench: interrupted", file=sys.stderr)

@@ -1,36 +1,45 @@
-"""Stopping a run on a signal as on Ctrl-C: SIGTERM (what SLURM and ``kill`` send), SIGHUP (an ssh session
-or a login node dropping), SIGUSR1 and SIGUSR2 (the advance warnings a cluster sends before a time limit,
-with ``sbatch --signal``; submitit asks for SIGUSR2 by default).
+"""Stopping a run on a signal: SIGINT (Ctrl-C), SIGTERM (what SLURM and ``kill`` send), SIGHUP (an ssh
+session or a login node dropping), SIGUSR1 and SIGUSR2 (the advance warnings a cluster sends before a time
+limit, with ``sbatch --signal``; submitit asks for SIGUSR2 by default).
 
-Inside :func:`stop_on_signals` the first of these signals raises :class:`Stopped` in the main thread,
-which unwinds the run like a KeyboardInterrupt: the last finished epoch's ``last.pt`` is already on
-disk (the background write is waited for), ``metrics.json`` says ``interrupted`` and names the
-signal, and the resume command is logged. A second signal during that shutdown is logged and
-ignored, so it cannot cut a file short (every write is atomic besides). Afterwards the handler that
-was there before gets the signal (:func:`forward`): a launcher's own handler (submitit's requeue)
-still runs, and the process exits with ``128 + signal number`` as a killed process would.
+Inside :func:`stop_on_signals` the first of these signals raises :class:`Stopped` (a KeyboardInterrupt)
+in the main thread, which unwinds the run: the last finished epoch's ``last.pt`` is already on disk (the
+background write is waited for), ``metrics.json`` says ``interrupted`` and names the signal, and the
+resume command is logged. A second signal during that shutdown cannot cut a file short: it is logged
+and only hurries the stop (:func:`exit_after_stop`: once the state is saved the process ends at once,
+skipping what a normal exit runs, such as the loggers' final flush). Afterwards the handler that was
+there before gets the signal (:func:`forward`): a launcher's own handler (submitit's requeue) still
+runs, and the process exits with ``128 + signal number`` as a killed process would (130 for Ctrl-C).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
 from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
                      if hasattr(signal, name))
 
 
 class Stopped(KeyboardInterrupt):
     """A run stopped by ``signum``; raised at the next Python instruction of the main thread."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, handlers: "_Handlers | None" = None) -> None:
         self.signum = signum
         self.name = signal.Signals(signum).name
+        self.handlers = handlers
         super().__init__(self.name)
+
+    @property
+    def hurried(self) -> bool:
+        """Whether a second signal came while the run was stopping."""
+        return self.handlers is not None and self.handlers.count > 1
 
     @property
     def exit_status(self) -> int:
@@ -42,16 +51,19 @@ class _Handlers:
     def __init__(self) -> None:
         self.received: int | None = None
         self.raised = self.deferring = False
+        self.count = 0
         self.previous: dict[int, Any] = {}
 
     def __call__(self, signum: int, frame: Any) -> None:
+        self.count += 1
         if self.received is None:
             self.received = signum
             if not self.deferring:  # within a safe point's block: raised when it ends (see deferred())
                 self.raised = True
-                raise Stopped(signum)
+                raise Stopped(signum, self)
             return
-        log.warning("%s while stopping: ignored; the run is saving its state", signal.Signals(signum).name)
+        log.warning("%s while stopping: hurrying; the run saves its state, then the process ends at once",
+                    signal.Signals(signum).name)
 
 
 _active: _Handlers | None = None
@@ -72,7 +84,7 @@ def deferred() -> Iterator[None]:
         handlers.deferring = False
     if handlers.received is not None and not handlers.raised:
         handlers.raised = True
-        raise Stopped(handlers.received)
+        raise Stopped(handlers.received, handlers)
 
 
 @contextlib.contextmanager
@@ -109,7 +121,26 @@ def forward(stopped: Stopped) -> None:
     """Hand the signal to the handler that was installed before (a launcher's: submitit checkpoints and
     requeues the job there, then exits). Call it once the run has saved its state."""
     previous = previous_handler(stopped.signum)
-    if previous is not None:
+    if previous is not None and previous is not signal.default_int_handler:  # Python's Ctrl-C: the stop itself
         log.info("%s: passing it on to the handler installed before segbench's (%s)", stopped.name,
                  getattr(previous, "__qualname__", previous))
         previous(stopped.signum, None)
+
+
+def exit_after_stop(stopped: Stopped) -> None:
+    """Call once a run stopped by a signal has saved its state and the process is about to exit: from now
+    on a further stop signal ends the process at once with ``stopped``'s exit status (no KeyboardInterrupt
+    inside an exit handler), and if one came during the stop already, it ends now."""
+    def end_now(signum: int | None = None, frame: Any = None) -> None:
+        logging.shutdown()  # flush the log files
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(stopped.exit_status)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, end_now)
+    if stopped.hurried:
+        log.warning("a second signal came while stopping: the state is saved; exiting now")
+        end_now()

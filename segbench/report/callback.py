@@ -18,6 +18,7 @@ from ..engine.callbacks import duration
 from ..engine.device import usable_cores
 from ..runs import find_runs, keep_sweep_record
 from ..runs.atomic import write_json
+from ..runs.launch import continue_command
 from .render import build_report
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class ReportCallback(Callback):
 
     The report is written after every job of the sweep, failed ones included
     (the entry point records a failed job instead of stopping the sweep); the
-    process then exits with status 1 when any job failed, so scripts notice.
+    process then exits with status 1 unless every job finished, so that a CI
+    pipeline or a SLURM dependency notices.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -120,6 +122,8 @@ class ReportCallback(Callback):
             log.info("%s", estimate_line(clock["jobs"], ended, time.time() - clock["started"], clock["parallel"]))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """The report; then the sweep's exit status: 0 only when every job finished (done, or pruned by a
+        search), else 1 with one line naming the other jobs and the command that continues them."""
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = find_runs([sweep_dir], required=False)
         if not runs:
@@ -128,7 +132,32 @@ class ReportCallback(Callback):
         counts = build_report(runs, sweep_dir)
         log.info("comparison report: %s (%d runs, %d failed)", sweep_dir / "summary.md", counts["runs"],
                  counts["failed"])
-        if counts["failed"]:
+        unfinished = [(run, status) for run in runs if (status := _status(run)) not in FINISHED]
+        if unfinished:
+            command = continue_command(config.hydra.overrides, sweep_dir)
             raise SystemExit(
-                f"segbench: {counts['failed']} of {counts['runs']} jobs failed; see {sweep_dir / 'summary.md'}"
+                f"segbench: {len(unfinished)} of {len(runs)} jobs did not finish: "
+                + ", ".join(f"{_job_name(run.path, sweep_dir)} ({status})" for run, status in unfinished)
+                + f"; see {sweep_dir / 'summary.md'}; continue them with: {command}"
             )
+
+
+FINISHED = ("done", "pruned")  # a search's pruned trial ended as its pruner asked
+
+
+def _status(run: Any) -> str:
+    """A run's metrics.json status; ``no metrics.json`` (the job ended before writing one, or is still
+    running elsewhere) or ``damaged``."""
+    from ..errors import DataError
+
+    try:
+        return str(run.read_metrics().get("status") or "no metrics.json")
+    except (DataError, OSError):
+        return "damaged"
+
+
+def _job_name(path: Path, sweep_dir: Path) -> str:
+    try:
+        return str(path.relative_to(sweep_dir))
+    except ValueError:
+        return str(path)

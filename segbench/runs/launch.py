@@ -31,16 +31,21 @@ def resume_command(run_dir: RunDir) -> str:
     commands: list[str] = []
     for record in sweep_records(hc.sweep.dir):  # every launch into the sweep dir (a narrower re-run too)
         try:
-            launch = OmegaConf.load(record).hydra.overrides
-            args = [*map(str, launch.task), *_launch_options(launch.hydra)]
+            command = continue_command(OmegaConf.load(record).hydra.overrides, hc.sweep.dir)
         except Exception:  # noqa: BLE001 - only the hint degrades: the job's error is what matters
             continue
-        command = _command(["-m", *args], "hydra.sweep.dir", hc.sweep.dir)
         if command not in commands:  # a re-run of the same sweep
             commands.append(command)
     commands = commands or [_command(["-m", "<the sweep's overrides>"], "hydra.sweep.dir", hc.sweep.dir)]
     what = "the whole sweep" if len(commands) == 1 else f"each of the {len(commands)} sweeps launched into this dir"
     return "\n  ".join(commands) + f"\n  ({what}: finished jobs are skipped), or this job alone:\n  {alone}"
+
+
+def continue_command(overrides: Any, sweep_dir: str | Path) -> str:
+    """The command that runs a sweep's launch again in its sweep dir (``overrides``: its
+    ``hydra.overrides``): its finished jobs are returned as they are, the others continue or start."""
+    return _command(["-m", *map(str, overrides.task), *_launch_options(overrides.hydra)], "hydra.sweep.dir",
+                    sweep_dir)
 
 
 # Hydra overrides of a launch that the hint sets itself, or that Hydra and segbench add to every run

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from segbench.runs.atomic import write_json
 from segbench.runs.checkpoint import CheckpointWriter, load_checkpoint
 from segbench.train import run
 from segbench.upgrade_checkpoints import main as upgrade_main
-from tests.conftest import TINY, compose_cfg, interrupt_in_epoch, run_cli
+from tests.conftest import ROOT, TINY, compose_cfg, interrupt_in_epoch, run_cli
 
 TEST_KEYS = ["test/iou", "test/dice", "test/iou_score", "test/loss", "test/hd95", "val/iou", "best_epoch"]
 
@@ -155,6 +156,80 @@ def test_a_used_run_dir_is_never_trained_twice(tmp_path, caplog):
         run(compose_cfg([*TINY, f"output_dir={out}", "trainer.resume=null"]))
     with pytest.raises(UserError, match=r"trainer.resume='yes' is invalid; expected one of \['auto', 'overwrite'\]"):
         run(compose_cfg([*TINY, f"output_dir={out}", "trainer.resume=yes"]))
+
+
+def test_two_identical_commands_at_once_train_the_run_dir_once(tmp_path):
+    """A job array with a duplicate task: the second process waits on the run dir's lock, naming the
+    holder, then finds the run finished and does not train it again."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "segbench", *TINY, "trainer.epochs=25", f"hydra.run.dir={run_dir}"]
+    procs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    trained = [out for out in outs if "wrote " in out]
+    assert len(trained) == 1, outs
+    other = next(out for out in outs if out is not trained[0])
+    assert "holds a finished run with these settings" in other
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + 25
+    assert len(json.loads((run_dir / "run.json").read_text())["launches"]) == 1
+    if "waiting for it to end" in other:  # it came while the first trained (not after it had finished)
+        holder_pid = next(p.pid for p, out in zip(procs, outs) if out is trained[0])
+        assert f"is being trained by host {socket.gethostname()} pid {holder_pid}" in other
+
+
+def test_ctrl_c_records_sigint_and_a_second_one_leaves_no_traceback(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "segbench", *TINY, "trainer.epochs=200", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _wait_for_epochs(proc, run_dir, 2), "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # a second Ctrl-C at once: during the stop
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text()) == {"status": "interrupted", "error": "SIGINT",
+                                                                   "signal": "SIGINT"}
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err
+    epoch = load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"]
+    assert epoch == len((run_dir / "history.csv").read_text().splitlines()) - 1
+
+
+AT_EXIT = """
+import atexit, os, signal, sys, time
+from segbench.engine import signals
+atexit.register(lambda: (print("at exit", flush=True), time.sleep(60)))  # a slow flush at exit
+try:
+    with signals.stop_on_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except signals.Stopped:  # the run saves its state here
+            if sys.argv[1] == "during":
+                os.kill(os.getpid(), signal.SIGTERM)  # a second signal while it saves
+                time.sleep(0.5)
+            raise
+except signals.Stopped as exc:
+    print("hurried" if exc.hurried else "saved", flush=True)
+    signals.exit_after_stop(exc)
+    raise SystemExit(exc.exit_status)
+"""
+
+
+@pytest.mark.parametrize("when", ["during", "after"])
+def test_a_second_signal_hurries_the_exit_and_raises_nothing_in_exit_handlers(when):
+    """A second signal while the state is saved ends the process once it is saved (no exit handlers run);
+    one during the exit handlers ends it there; never a KeyboardInterrupt traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", AT_EXIT, when], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == ("hurried" if when == "during" else "saved")
+    if when == "after":
+        assert proc.stdout.readline().strip() == "at exit"
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "at exit" not in out
+    if when == "during":
+        assert "SIGTERM while stopping: hurrying" in err
 
 
 class Payload:
@@ -364,3 +439,58 @@ def test_slurm_preset_requeues_and_pins_hold():
     if text:  # a checkout (the wheel has no pyproject.toml)
         assert '"hydra-core>=1.3,<1.4"' in text
     assert yaml.safe_load((CONF_DIR / "config.yaml").read_text())["trainer"]["resume"] == "auto"
+
+
+def test_slurm_local_signals_requeues_and_continues_to_the_uninterrupted_metrics(tmp_path):
+    """hydra/launcher=slurm_local under real submitit: a 1-minute limit with the warning signal_delay_s before
+    it. A job cut by it is requeued and continued from last.pt to the metrics of an uninterrupted run; a job
+    cut more than max_num_timeout times ends interrupted, and its sweep exits 1 after the report, naming it
+    and the command that continues it. The two sweeps run at once."""
+    args = [o for o in TINY if not o.startswith(("dataset.num_cases", "trainer.epochs", "dataset.image_size"))]
+    args += ["dataset.num_cases=40", "split.sizes=[24,8,8]", "dataset.image_size=48", "trainer.threads=1"]
+    started = time.perf_counter()
+    want = run(compose_cfg([*args, "trainer.epochs=60", f"output_dir={tmp_path / 'full'}"]))
+    took = time.perf_counter() - started
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import segbench.train, submitit"], check=True)
+    startup = 1.5 * (time.perf_counter() - started) + 1
+    window = min(55, max(5, round(startup + 0.5 * took)))  # limit - signal_delay_s: cuts the 60-epoch run
+    limit = ["hydra.launcher.timeout_min=1", f"hydra.launcher.signal_delay_s={60 - window}"]
+    cut, requeued = tmp_path / "cut", tmp_path / "requeued"
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    sweeps = [  # a sweep as the user types it, and docs' SLURM recipe through its stand-in (narrowed to a job)
+        subprocess.Popen([sys.executable, "-m", "segbench", "-m", "hydra/launcher=slurm_local", *limit, *args,
+                          "hydra.launcher.max_num_timeout=0", "trainer.epochs=3000", f"hydra.sweep.dir={cut}"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(["bash", str(ROOT / "scripts" / "slurm" / "sweep.sh"), *limit,
+                          "hydra.launcher.max_num_timeout=5", *args, "model=unet", "loss=bce", "seed=0",
+                          "trainer.epochs=60"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**env, "LAUNCHER": "slurm_local", "SWEEP_DIR": str(requeued)}),
+    ]
+    (cut_out, cut_err), (out, err) = (sweep.communicate(timeout=600) for sweep in sweeps)
+
+    def only_job(sweep):
+        (path,) = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]  # .submitit: its logs
+        return RunDir(path)
+
+    job = only_job(requeued)
+    log = job.train_log.read_text()
+    assert sweeps[1].returncode == 0, err[-3000:]
+    assert log.count("interrupted by SIGUSR2") >= 1 and log.count("resuming from") == log.count("interrupted by")
+    got = job.read_metrics()
+    assert got["status"] == "done" and {k: got[k] for k in TEST_KEYS} == {k: want[k] for k in TEST_KEYS}
+    assert len(json.loads(job.run_json.read_text())["launches"]) == 1 + log.count("resuming from")
+    assert "ignoring the SLURM keys partition" in out + err and "Traceback" not in err
+
+    job = only_job(cut)
+    assert job.read_metrics() == {"status": "interrupted", "error": "SIGUSR2", "signal": "SIGUSR2"}
+    assert "resuming from" not in job.train_log.read_text()  # max_num_timeout=0: not requeued
+    assert sweeps[0].returncode == 1, cut_err[-3000:]
+    line = next(line for line in cut_err.splitlines() if line.startswith("segbench: "))
+    assert line.startswith(f"segbench: 1 of 1 jobs did not finish: {job.path.name} (interrupted); see "
+                           f"{cut / 'summary.md'}; continue them with: python -m segbench -m ")
+    assert line.endswith(f"trainer.epochs=3000 hydra/launcher=slurm_local hydra.launcher.timeout_min=1 "
+                         f"hydra.launcher.signal_delay_s={60 - window} hydra.launcher.max_num_timeout=0 "
+                         f"hydra.sweep.dir={cut} trainer.resume=auto")
+    assert "Traceback" not in cut_err and "| interrupted |" in (cut / "summary.md").read_text()

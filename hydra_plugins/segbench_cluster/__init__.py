@@ -1,0 +1,1 @@
+"""segbench's Hydra launcher plugin: ``hydra/launcher=slurm_local`` (see :mod:`.launcher`)."""
