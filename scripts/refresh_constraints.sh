@@ -7,7 +7,7 @@ venv="$(mktemp -d)/venv"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet torch==2.13.0   # the CPU build (see README, Set-up)
-"$venv/bin/python" -m pip install --quiet -e ".[dev,export,tracking,search,monai]"
+"$venv/bin/python" -m pip install --quiet -e ".[dev,export,tracking,search,monai,cluster]"
 {
     echo "# The versions CI installs and tests (.ci/run: pip install -c constraints.txt)."
     echo "# Refresh: bash scripts/refresh_constraints.sh (a fresh install of today's releases), then bash .ci/run."

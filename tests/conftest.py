@@ -137,3 +137,67 @@ def needs(*modules: str, extra: str):
 
     missing = [m for m in modules if absent(m)]
     return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}: pip install -e \".[{extra}]\"")
+
+
+def _initdb() -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which("initdb") or sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A private PostgreSQL server for the tests of a module: Debian's ``postgresql`` package's initdb in a temp
+    dir, listening on 127.0.0.1 at a free port, run as a non-root user (``postgres`` when the tests run as
+    root); its URL for SQLAlchemy with psycopg. Skipped, saying why, without the server or the driver."""
+    import pwd
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    initdb = _initdb()
+    if initdb is None:
+        pytest.skip("needs PostgreSQL's server programs (initdb): apt-get install postgresql")
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip('needs psycopg: pip install -e ".[cluster]"')
+    bin_dir = os.path.dirname(os.path.realpath(initdb))
+    user = None
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root, and there is no 'postgres' user to run the server as")
+    root = Path(tempfile.mkdtemp(prefix="segbench-postgres-"))  # not under pytest's tmp: its dirs are the user's only
+    data = root / "data"
+    as_user = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
+    if user:
+        shutil.chown(root, user.pw_uid, user.pw_gid)
+    subprocess.run([os.path.join(bin_dir, "initdb"), "-D", str(data), "-U", "segbench", "-A", "trust",
+                    "--no-sync", "-E", "UTF8"], check=True, capture_output=True, **as_user)
+    port = free_port()
+    server = subprocess.Popen([os.path.join(bin_dir, "postgres"), "-D", str(data), "-h", "127.0.0.1",
+                               "-p", str(port), "-k", str(root), "-F"],
+                              stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"), **as_user)
+    deadline = time.time() + 60
+    while True:
+        try:
+            psycopg.connect(f"host=127.0.0.1 port={port} user=segbench dbname=postgres", connect_timeout=2).close()
+            break
+        except psycopg.OperationalError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                pytest.fail(f"the PostgreSQL server did not start: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+    yield f"postgresql+psycopg://segbench@127.0.0.1:{port}/postgres"
+    server.send_signal(signal.SIGINT)  # a fast shutdown: the test process's connections are cut
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    shutil.rmtree(root, ignore_errors=True)

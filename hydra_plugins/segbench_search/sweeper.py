@@ -4,7 +4,10 @@
   that are missing; a trial whose process died runs again in its own dir, from its ``last.pt``), and
   a larger ``n_trials`` extends it. Trial dirs are ``trial_<Optuna trial number>``.
 - ``storage``: a journal file (default ``<sweep dir>/optuna.journal``) or a database URL; several
-  processes naming one storage and ``study_name`` cooperate on one study.
+  processes naming one storage and ``study_name`` cooperate on one study. In a database, each running
+  trial has a heartbeat (``heartbeat_interval``); a trial whose heartbeat stopped for ``grace_period``
+  is failed by any worker and run again (``max_retry`` times), and a worker with no trial left to ask
+  waits for the running ones before it writes the report.
 - ``n_jobs > 1`` runs that many trials at once on this machine (Hydra's joblib launcher, unless
   another launcher is configured), each with its share of the cores.
 - ``pruner``: ``none``, ``median`` or ``hyperband``; the trials report the monitored val metric
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,8 @@ JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.Jobli
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: Any = None, direction: str = "auto", storage: str | None = None,
                  study_name: str = "segbench", n_trials: int = 20, n_jobs: int = 1, max_failure_rate: float = 0.5,
-                 params: Any = None, pruner: str | None = "none") -> None:
+                 params: Any = None, pruner: str | None = "none", heartbeat_interval: int = 60,
+                 grace_period: int | None = None, max_retry: int | None = 3) -> None:
         from segbench.search.trial import PRUNERS
         from segbench.validation import check_choice, check_int, check_number
 
@@ -52,6 +57,11 @@ class OptunaSweeper(Sweeper):
         self.max_failure_rate = check_number("hydra.sweeper.max_failure_rate", max_failure_rate, 0, 1)
         self.params = params
         self.pruner = "none" if pruner in (None, "null") else check_choice("hydra.sweeper.pruner", str(pruner), PRUNERS)
+        self.heartbeat = (check_int("hydra.sweeper.heartbeat_interval", heartbeat_interval, low=1),
+                          None if grace_period in (None, "null") else check_int("hydra.sweeper.grace_period",
+                                                                                 grace_period, low=1),
+                          None if max_retry in (None, "null") else check_int("hydra.sweeper.max_retry", max_retry,
+                                                                              low=0))
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -85,9 +95,13 @@ class OptunaSweeper(Sweeper):
         from segbench.search.space import search_space
         from segbench.search.study import (
             DIR,
+            Heartbeat,
             claim,
             counted,
             describe_storage,
+            fail_stale,
+            heartbeats,
+            hide_password,
             open_study,
             recover_dead_trials,
             storage_of,
@@ -98,24 +112,29 @@ class OptunaSweeper(Sweeper):
         space, fixed = search_space(params)
         epochs = int(self.config.trainer.epochs) if "trainer" in self.config else 1
         direction = self._direction(fixed)
-        study = open_study(self.study_name, storage_of(self.storage, self.sweep_dir), direction,
-                           pruner=make_pruner(self.pruner, epochs))
+        study = open_study(self.study_name, storage_of(self.storage, self.sweep_dir, Heartbeat(*self.heartbeat)),
+                           direction, pruner=make_pruner(self.pruner, epochs))
         retried = recover_dead_trials(study)
         if retried:
             log.info("trials %s were running when their process ended: failed, and queued to run again",
                      ", ".join(map(str, retried)))
         study.sampler = self._sampler(len(study.trials))
         log.info("study '%s' in %s: %d of %d trials so far; searching %s", self.study_name,
-                 describe_storage(self.storage, self.sweep_dir), len(counted(study)), self.n_trials,
+                 hide_password(describe_storage(self.storage, self.sweep_dir)), len(counted(study)), self.n_trials,
                  ", ".join(space) or "nothing (every value fixed)")
         threads = [] if (not self.parallel_launcher or any(k.endswith("trainer.threads") for k in fixed)) else \
             [f"trainer.threads={max(1, usable_cores() // self.n_jobs)}"]
         failures = 0
         while True:
+            fail_stale(study)  # trials whose worker died, on any host: failed, and queued again
             left = self.n_trials - len(counted(study))
             if left <= 0:
+                if self._wait_for_others(study):
+                    continue
                 break
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
+            with warnings.catch_warnings():  # that a heartbeat "is supposed to be used with Study.optimize": it
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")  # is sent here (heartbeats())
+                trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
             # a retried trial continues the dir of the one whose process died; a new one gets its number's
             subdirs = [trial.user_attrs.get(DIR) or f"trial_{trial.number}" for trial in trials]
             batch = []
@@ -124,7 +143,8 @@ class OptunaSweeper(Sweeper):
                 batch.append([*(f"{k}={v}" for k, v in fixed.items()),
                               *(f"{k}={v}" for k, v in trial.params.items()), *threads,
                               f"hydra.sweep.subdir={subdir}", f"+hydra.job.env_set.{TRIAL_ENV}={trial.number}"])
-            returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
+            with heartbeats(study, trials):  # while they run: from this process, which runs or waits for them
+                returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
             for trial, subdir, ret in zip(trials, subdirs, returns):
                 state, value = self._outcome(ret, self.sweep_dir / subdir)
@@ -136,6 +156,24 @@ class OptunaSweeper(Sweeper):
                           failures, self.max_failure_rate, self.n_trials)
                 break
         write_search_report(study, self.sweep_dir, fixed, self.config)
+
+    def _wait_for_others(self, study: Any) -> bool:
+        """With a heartbeat (a database storage) and no trial left to ask: wait while other workers run the
+        study's last trials, so that one whose worker dies is retried here and this report is the whole
+        study's. Returns whether to look again (after one heartbeat interval); False: none is running."""
+        import time
+
+        from segbench.search.study import has_heartbeat, heartbeat_interval, running_elsewhere
+
+        running = running_elsewhere(study) if has_heartbeat(study) else []
+        if not running:
+            return False
+        if running != getattr(self, "_waited_for", None):
+            log.info("waiting for trials %s, running in other workers (a trial whose heartbeat stops for "
+                     "grace_period is failed and run again here)", ", ".join(map(str, running)))
+            self._waited_for = running
+        time.sleep(heartbeat_interval(study))
+        return True
 
     def _direction(self, fixed: dict[str, Any]) -> str:
         """The study's direction: the monitored metric's (``trainer.monitor`` and ``trainer.monitor_mode``,

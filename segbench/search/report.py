@@ -99,10 +99,16 @@ def write_search_report(study: optuna.Study, sweep_dir: Path, fixed: dict[str, A
     params = sorted({k for t in trials for k in t.params})
     lines += ["| trial | state | value | epochs | " + " | ".join(params) + " |",
               "|---|---|---|---|" + "---|" * len(params)]
+    retried_as = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])}
+    for t in trials:  # a retry of a journal study's dead trial says so in its user attrs
+        if "retry_of" in t.user_attrs:
+            retried_as.setdefault(int(t.user_attrs["retry_of"]), t.number)
     for t in trials:
         value = "" if t.value is None or not math.isfinite(t.value) else f"{t.value:.4f}"
         epochs = max(t.intermediate_values) if t.intermediate_values else ""
-        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {epochs} | "
+        state = t.state.name.lower() + (f" (its process died; run again as trial {retried_as[t.number]})"
+                                        if t.number in retried_as else "")
+        lines.append(f"| {t.number} | {state} | {value} | {epochs} | "
                      + " | ".join(_fmt(t.params.get(k)) for k in params) + " |")
     path = sweep_dir / SEARCH_MD
     write_text(path, "\n".join(lines) + "\n")

@@ -449,12 +449,12 @@ def test_slurm_local_signals_requeues_and_continues_to_the_uninterrupted_metrics
     args = [o for o in TINY if not o.startswith(("dataset.num_cases", "trainer.epochs", "dataset.image_size"))]
     args += ["dataset.num_cases=40", "split.sizes=[24,8,8]", "dataset.image_size=48", "trainer.threads=1"]
     started = time.perf_counter()
-    want = run(compose_cfg([*args, "trainer.epochs=60", f"output_dir={tmp_path / 'full'}"]))
+    want = run(compose_cfg([*args, "trainer.epochs=40", f"output_dir={tmp_path / 'full'}"]))
     took = time.perf_counter() - started
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import segbench.train, submitit"], check=True)
     startup = 1.5 * (time.perf_counter() - started) + 1
-    window = min(55, max(5, round(startup + 0.5 * took)))  # limit - signal_delay_s: cuts the 60-epoch run
+    window = min(55, max(5, round(startup + 0.5 * took)))  # limit - signal_delay_s: cuts the 40-epoch run
     limit = ["hydra.launcher.timeout_min=1", f"hydra.launcher.signal_delay_s={60 - window}"]
     cut, requeued = tmp_path / "cut", tmp_path / "requeued"
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
@@ -464,7 +464,7 @@ def test_slurm_local_signals_requeues_and_continues_to_the_uninterrupted_metrics
                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
         subprocess.Popen(["bash", str(ROOT / "scripts" / "slurm" / "sweep.sh"), *limit,
                           "hydra.launcher.max_num_timeout=5", *args, "model=unet", "loss=bce", "seed=0",
-                          "trainer.epochs=60"], cwd=tmp_path,
+                          "trainer.epochs=40"], cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**env, "LAUNCHER": "slurm_local", "SWEEP_DIR": str(requeued)}),
     ]

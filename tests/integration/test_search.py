@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import TINY, compose_cfg, needs, run_cli
+from tests.conftest import ROOT, TINY, compose_cfg, needs, run_cli
 
 optuna = pytest.importorskip("optuna", reason="the search extra is not installed: pip install 'segbench[search]'")
 
@@ -131,6 +131,7 @@ def test_a_killed_search_is_continued_and_extended_by_the_same_command(tmp_path)
     assert study.trials[3].params != study.trials[0].params  # the sampler's seed moved on: not a replay
     summary = (sweep / "summary.md").read_text()
     assert "## Search: study 'segbench'" in summary and "seed=0,1,2" in summary and "split.fold=0,1,2,3,4" in summary
+    assert "| 1 | fail (its process died; run again as trial 2) |" in summary
 
 
 def test_two_processes_share_one_journal(tmp_path):
@@ -210,3 +211,63 @@ def test_the_direction_follows_the_monitor_and_a_contradiction_is_named(tmp_path
     )
     assert result.returncode == 2 and "segbench: error: hydra.sweeper.direction=maximize" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "s" / "trial_0").exists()
+
+
+def _trials_of(url, name="segbench"):
+    try:
+        return optuna.load_study(study_name=name, storage=url).trials
+    except KeyError:  # not created yet
+        return []
+
+
+def test_two_workers_finish_one_postgresql_study_and_a_killed_trial_is_retried(tmp_path, postgres_url):
+    """Two workers of docs' SLURM search recipe (scripts/slurm/search.sbatch, as array tasks run it) on one
+    study in a real PostgreSQL server. One is killed in its trial (SIGKILL: a lost node); its heartbeat
+    stops, and the other worker fails that trial after grace_period, runs it again in its dir from its
+    last.pt, and finishes the study."""
+    sweep = tmp_path / "search"
+    args = ["bash", str(ROOT / "scripts" / "slurm" / "search.sbatch"), *SEARCH, "trainer.epochs=30",
+            "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]  # docs' SLURM recipe, here
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "N_TRIALS": "2",
+           "STORAGE": postgres_url, "SWEEP_DIR": str(sweep)}
+    killed, other = (subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True, env=env) for _ in range(2))
+    deadline, victim = time.time() + 120, None
+    while victim is None and time.time() < deadline:
+        for t in _trials_of(postgres_url):
+            if t.state == TrialState.RUNNING and t.user_attrs.get(PID) == killed.pid and \
+                    (sweep / t.user_attrs[DIR] / "checkpoints" / "last.pt").is_file():
+                victim = t
+        time.sleep(0.05)
+    assert victim is not None, "the first worker never had a trial with an epoch done"
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    _, err = other.communicate(timeout=300)
+    assert other.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    trials = _trials_of(postgres_url)
+    assert trials[victim.number].state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == victim.params
+    assert retry[0].user_attrs[DIR] == victim.user_attrs[DIR] and retry[0].user_attrs[PID] == other.pid
+    assert "resuming from" in (sweep / victim.user_attrs[DIR] / "train.log").read_text()
+    study = optuna.load_study(study_name="segbench", storage=postgres_url)
+    assert len(counted(study)) == 2 and all(t.state == TrialState.COMPLETE for t in counted(study))
+    assert len(trial_dirs(sweep)) == 2
+    search_md = (sweep / "search.md").read_text()
+    assert f"| {victim.number} | fail (its process died; run again as trial {retry[0].number}) |" in search_md
+
+
+def test_a_storage_path_that_is_not_a_journal_is_refused_before_it_is_written(tmp_path):
+    notes = tmp_path / "notjournal.txt"
+    notes.write_text("my notes\n")
+    result = run_cli([*SEARCH, f"hydra.sweeper.storage={notes}", f"hydra.sweep.dir={tmp_path / 's'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"hydra.sweeper.storage={notes} is a file that is not an Optuna journal" in result.stderr
+    assert notes.read_text() == "my notes\n"  # unchanged
+    with pytest.raises(UserError, match=rf"hydra.sweeper.storage={tmp_path} is a directory; expected an Optuna"):
+        storage_of(str(tmp_path), tmp_path)
+    (tmp_path / "empty.journal").write_text("")
+    storage_of(str(tmp_path / "empty.journal"), tmp_path)  # an empty file is a journal with no record yet
+    with pytest.raises(UserError, match="notjournal.txt is not a directory"):
+        storage_of(str(notes / "x.journal"), tmp_path)
