@@ -40,7 +40,7 @@ def upgrade_config(config: dict) -> dict:
     the old behaviour (``trainer.val_every=1``, ``trainer.monitor=val/iou``). A current config is
     returned unchanged; the argument is not modified."""
     trainer = config.get("trainer") or {}
-    if not set(MOVED_CALLBACKS) & set(trainer) and "monitor" in trainer and "val_every" in trainer:
+    if not set(MOVED_CALLBACKS) & set(trainer) and {"monitor", "val_every", "sync_batchnorm"} <= set(trainer):
         return config
     config = copy.deepcopy(config)
     trainer = config.setdefault("trainer", {})
@@ -55,6 +55,7 @@ def upgrade_config(config: dict) -> dict:
     trainer.setdefault("val_every", 1)
     trainer.setdefault("monitor", DEFAULT_MONITOR)
     trainer.setdefault("monitor_mode", "auto")
+    trainer.setdefault("sync_batchnorm", "auto")  # added with data-parallel runs; one process never uses it
     scheduler = config.get("scheduler") or {}
     if scheduler.get("monitor") == DEFAULT_MONITOR and scheduler.get("mode") == "max":  # now derived from the monitor
         scheduler.pop("mode")

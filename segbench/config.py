@@ -31,6 +31,7 @@ RUN_SETTINGS = (
     "dataset.cache_dir",
     "dataset.workers",
     "trainer.device",
+    "trainer.devices",
     "trainer.progress",
     "trainer.log_every",
     "trainer.resume",
@@ -110,8 +111,9 @@ def validate(cfg: DictConfig) -> None:
     t = cfg.trainer
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every", "val_every"):
         check_int(f"trainer.{key}", t[key], low=1)
-    for key in ("compile", "channels_last"):
-        check_switch(f"trainer.{key}", t[key])
+    for key in ("compile", "channels_last", "sync_batchnorm"):
+        check_switch(f"trainer.{key}", t.get(key, "auto"))
+    check_int("trainer.devices", t.get("devices", 1), low=1)
     if t.threads != "auto":
         check_int("trainer.threads", t.threads, low=1)
     check_int("seed", cfg.seed)

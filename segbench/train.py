@@ -34,6 +34,7 @@ from .engine import (
     FitSettings,
     Monitor,
     Trainer,
+    distributed,
     resolve_channels_last,
     resolve_device,
     resolve_precision,
@@ -44,6 +45,7 @@ from .engine import (
 from .engine.device import cpu_name, usable_cores
 from .engine.provenance import provenance
 from .engine.signals import Stopped, forward, stop_on_signals
+from .engine.signals import hold as hold_signals
 from .errors import CheckpointError, UserError
 from .evaluation.scoring import EvalSettings, TestResult, score_test
 from .metrics import class_keys
@@ -52,6 +54,7 @@ from .runs import RunDir
 from .runs.launch import resume_command
 from .runs.lock import run_lock
 from .runs.resume import last_state, used_dir
+from .runs.rundir import ReadingRunDir
 from .search import TRIAL_ENV
 from .splits import Split
 
@@ -74,20 +77,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     :func:`build_parts` (the components), :func:`load_data`, :func:`fit`, :func:`test` (the best
     checkpoint), :func:`record` (the run directory).
     """
-    run_dir = RunDir(cfg.output_dir).create()
-    run_dir.ensure_log_file()
+    if int(cfg.trainer.get("devices", 1)) > 1 and distributed.env_world() is None:
+        from .engine.spawn import spawn
+
+        return spawn(cfg, int(cfg.trainer.devices), run)  # trainer.devices=N: N ranks on this machine
+    world = distributed.join(_device_type(cfg))  # one process, or a rank of torchrun / spawn / srun
+    run_dir = (RunDir if world.main else ReadingRunDir)(cfg.output_dir).create()
+    if world.main:
+        run_dir.ensure_log_file()
+    else:
+        distributed.quiet_logging()
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    with run_lock(run_dir.path):  # one trainer at a time: a second process waits, then finds the run as it was left
-        return _run(cfg, run_dir, resolved)
+    # one trainer at a time: a second process waits, then finds the run as it was left (rank 0 holds it for all)
+    with run_lock(run_dir.path) if world.main else contextlib.nullcontext():
+        return _run(cfg, run_dir, resolved, world)
 
 
-def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> dict[str, Any]:
-    if used_dir(run_dir, cfg.trainer.get("resume"), resolved) == "done":
+def _device_type(cfg: DictConfig) -> str:
+    return "cuda" if torch.cuda.is_available() and not str(cfg.trainer.device).startswith(("cpu", "mps")) else "cpu"
+
+
+def _run(cfg: DictConfig, run_dir: RunDir, resolved: dict, world: distributed.World) -> dict[str, Any]:
+    use = used_dir(run_dir, cfg.trainer.get("resume"), resolved) if world.main else None
+    if distributed.broadcast(use) == "done":
         log.info("%s holds a finished run with these settings (metrics.json status done): not training it again; "
                  "trainer.resume=overwrite trains it again", run_dir.path)
         return run_dir.read_metrics()
     run_dir.keep_hydra_record()
+    distributed.barrier()  # the other ranks read last.pt once rank 0 has decided what the dir holds
     with stop_on_signals(), _failure_recorded(run_dir):
+        if world.distributed:
+            hold_signals()  # a signal stops every rank at the same epoch boundary (the trainer reads it)
         start = time.perf_counter()
         where = setup(cfg, run_dir, resolved)
         parts = build_parts(cfg, where.device)
@@ -112,7 +132,9 @@ def _failure_recorded(run_dir: RunDir) -> Iterator[None]:
         if isinstance(exc, Stopped):
             record["signal"] = exc.name
         run_dir.write_metrics(record)
-        if interrupted or (run_dir.last_pt.is_file() and not isinstance(exc, CheckpointError)):  # not from it
+        if not distributed.current().main:
+            pass  # rank 0 records the run and logs how to resume it
+        elif interrupted or (run_dir.last_pt.is_file() and not isinstance(exc, CheckpointError)):  # not from it
             where = (f"the last finished epoch is in {run_dir.checkpoints}" if run_dir.last_pt.is_file()
                      else "no epoch had finished")
             log.error("%s%s; %s. Resume with:\n  %s", status, f" by {exc.name}" if isinstance(exc, Stopped) else "",
@@ -157,8 +179,12 @@ def setup(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> Setup:
     validate(cfg)
     evaluation = EvalSettings.from_config(cfg.eval)  # the evaluation layer owns the eval.* keys and their checks
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    world = distributed.current()
     device = resolve_device(str(cfg.trainer.device), HydraConfig.get().job.num if multirun else None)
-    threads = resolve_threads(cfg.trainer.threads, concurrent_jobs())
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)  # one GPU per rank
+        torch.cuda.set_device(device)
+    threads = resolve_threads(cfg.trainer.threads, concurrent_jobs() * distributed.local_size())
     torch.set_num_threads(threads)
     saved = last_state(run_dir)  # read once: checked, then restored
     precision, channels_last = _how_to_compute(cfg, device, saved)
@@ -166,7 +192,11 @@ def setup(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> Setup:
     log.info("run dir %s; device %s (%s, %d threads); %s", run_dir.path, device,
              cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device) if device.type == "cuda"
              else device.type, threads, ", ".join(f"{k}={v}" for k, v in names.items()))
-    launch = provenance(device, precision, channels_last, threads)
+    launch = {**provenance(device, precision, channels_last, threads), "world_size": world.size,
+              "backend": world.backend}
+    if world.distributed:
+        log.info("data-parallel: rank %d of %d (%s), %d cases of each batch of %d", world.rank, world.size,
+                 world.backend, -(-int(cfg.trainer.batch_size) // world.size), int(cfg.trainer.batch_size))
     run_dir.write_record(resolved, launch)
     return Setup(device, threads, precision, channels_last, evaluation, names, launch, saved,
                  _cpu_hint(cfg, device))
@@ -212,7 +242,7 @@ def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
     dataset: SegDataset = build(cfg.dataset, "dataset")
     splitter: Split = build(cfg.split, "split")
     augment = build_augment(cfg.get("augment"))
-    loggers = build_loggers(cfg.get("logger"))
+    loggers = build_loggers(cfg.get("logger")) if distributed.current().main else []  # rank 0 reports
     if int(cfg.model.get("num_classes", 1)) != dataset.num_classes:
         raise UserError(f"model.num_classes={cfg.model.num_classes} but the dataset has num_classes="
                         f"{dataset.num_classes}; leave model.num_classes unset (it follows dataset.num_classes)")
@@ -268,11 +298,13 @@ def fit(cfg: DictConfig, run_dir: RunDir, resolved: dict, where: Setup, parts: P
         compile=resolve_switch("trainer.compile", cfg.trainer.compile, where.device),
         class_names=tuple(dataset.class_names) if dataset.num_classes > 1 else None,
         val_every=int(cfg.trainer.val_every),
+        sync_batchnorm=cfg.trainer.get("sync_batchnorm", "auto") in ("auto", True),
     )
+    distributed.check_batches(len(train), settings.batch_size)
     schedule = build_schedule(cfg.get("scheduler"), parts.optimizer, settings.epochs,
                               math.ceil(len(train) / settings.batch_size), data.monitor)
     callbacks, best = build_callbacks(cfg, run_dir, resolved, data.monitor, parts.loggers, where.cpu_hint)
-    reporter = _trial_reporter(settings.epochs, data.monitor)  # a trial of a search: reports, may be pruned
+    reporter = _trial_reporter(settings.epochs, data.monitor) if distributed.current().main else None
     if reporter is not None:
         callbacks.insert(callbacks.index(best) + 1, reporter)
     trainer = Trainer(parts.model, parts.loss_fn, parts.optimizer, settings, where.device, schedule, callbacks,
@@ -282,17 +314,19 @@ def fit(cfg: DictConfig, run_dir: RunDir, resolved: dict, where: Setup, parts: P
         start_epoch = trainer.load_state(where.saved)
         log.info("resuming from %s at epoch %d of %d", run_dir.last_pt, start_epoch, cfg.trainer.epochs)
     where.saved = None  # the state is in the trainer now: free its copy
-    if parts.augment is not None and start_epoch == 1:
+    if parts.augment is not None and start_epoch == 1 and distributed.current().main:
         plot_augmentations(run_dir, train, parts.augment, where.device)  # draws from a forked RNG: changes nothing
     loop_start = time.perf_counter()
     trainer.fit(train, data.parts["val"], start_epoch)
-    pruned = reporter.pruned_epoch if reporter is not None else None
+    pruned = distributed.broadcast(reporter.pruned_epoch if reporter is not None else None)  # rank 0's trial
     return Fitted(trainer, best, data.monitor, start_epoch, time.perf_counter() - loop_start, pruned)
 
 
 def test(run_dir: RunDir, fitted: Fitted, parts: Parts, data: Data, evaluation: EvalSettings) -> TestResult:
     """Step 5: the best checkpoint scored on the test split (threshold, TTA, post-processing and resolution
     as ``eval.*`` says; a threshold chosen on val)."""
+    run_dir.wait_for_checkpoints()
+    distributed.barrier()  # best.pt is on disk (rank 0 wrote it) before every rank reads it
     fitted.trainer.load_weights(run_dir.load_checkpoint("best"))
     return score_test(fitted.trainer, parts.loss_fn, parts.dataset, data.parts["val"], data.parts["test"], evaluation)
 
@@ -320,9 +354,10 @@ def record(run_dir: RunDir, where: Setup, parts: Parts, data: Data, fitted: Fitt
     log.info("test (best epoch %d, threshold %.2f, %s resolution): iou %.4f  dice %.4f  iou_score %.4f  hd95 %.2f  "
              "loss %.4f", fitted.best.epoch, result.threshold, where.evaluation.resolution, metrics["test/iou"],
              metrics["test/dice"], metrics["test/iou_score"], metrics["test/hd95"], metrics["test/loss"])
-    plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']}")
-    plot_predictions(run_dir, test_part, result.logits, result.threshold, where.evaluation.num_predictions,
-                     result.per_image["iou"], dataset.class_names, where.evaluation.postprocess)
+    if distributed.current().main:
+        plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']}")
+        plot_predictions(run_dir, test_part, result.logits, result.threshold, where.evaluation.num_predictions,
+                         result.per_image["iou"], dataset.class_names, where.evaluation.postprocess)
     trainer.run_end(metrics, run_dir)  # loggers send the results on
     log.info("wrote %s", run_dir.path)
     return metrics
@@ -345,7 +380,8 @@ def _pruned(run_dir: RunDir, fitted: Fitted, where: Setup) -> dict[str, Any]:
     metrics = {"status": "pruned", "pruned_epoch": epoch, **_best_epoch(trainer, fitted.best, fitted.monitor),
                "train_time_s": trainer.train_time, **names, "provenance": where.launch}
     run_dir.write_metrics(metrics)
-    plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']} (pruned at epoch {epoch})")
+    if distributed.current().main:
+        plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']} (pruned at epoch {epoch})")
     log.info("pruned by the search after epoch %d; wrote %s", epoch, run_dir.path)
     return metrics
 
@@ -370,7 +406,7 @@ def _how_it_ran(launch: dict) -> dict[str, Any]:
     CPU (and whether it has native bf16), GPU."""
     return {"device": launch["device"], "precision": launch["precision"], "memory_format": launch["memory_format"],
             "threads": launch["cpu_threads"], "cpu": launch["cpu"], "cpu_native_bf16": launch["cpu_native_bf16"],
-            "gpu": launch["gpu"]}
+            "gpu": launch["gpu"], "world_size": launch.get("world_size", 1), "backend": launch.get("backend")}
 
 
 def _how_to_compute(cfg: DictConfig, device: torch.device, saved: dict | None) -> tuple[str, bool]:

@@ -33,6 +33,7 @@ TINY = [
     "trainer.precision=fp32",        # the same maths on every CPU (auto picks bf16 where it is native)
     "trainer.channels_last=false",
     "eval.num_predictions=2",
+    "trainer.threads=1",             # 2 pytest workers, each starting CLI runs: 1 thread each, no oversubscription
 ]
 
 

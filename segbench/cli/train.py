@@ -80,5 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         if option in args:
             require(module, package, extra, option)
     sys.argv[1:] = args
+    if "--help" not in args and "-h" not in args:
+        from ..engine.distributed import agree_on_start
+
+        agree_on_start()  # the ranks of torchrun / srun name one run dir
     hydra_main()
     return 0

@@ -24,11 +24,12 @@ from ..errors import TrainingError
 from ..metrics import class_keys, image_metrics
 from ..names import VAL_COLUMNS
 from ..validation import check_choice
+from . import distributed
 from .callbacks import Callback
 from .device import AUTOCAST_DTYPES, autocast, compile_fallback_warning, maybe_compile
 from .normalize import Normalizer
 from .schedule import Schedule
-from .signals import deferred
+from .signals import Stopped, deferred, held_signal
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class FitSettings:
     compile: bool = False
     class_names: tuple[str, ...] | None = None  # multi-class: names for the per-class val columns
     val_every: int = 1  # validate after every n-th epoch and after the last; the others' val columns are NaN
+    sync_batchnorm: bool = True  # with several ranks: BatchNorm statistics over the whole batch
 
     def validates(self, epoch: int) -> bool:
         """Whether ``epoch`` is validated (the best epoch, early stopping and a monitored scheduler see only those)."""
@@ -135,9 +137,17 @@ class Trainer:
         augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self.settings, self.device = settings, device
+        self.world = distributed.current()  # one process, or this rank of a data-parallel run
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        if self.world.distributed and settings.sync_batchnorm:
+            model = distributed.sync_batchnorm(model, device.type)
         self.module = model.to(device, memory_format=self.memory_format)  # the eager module: checkpoints
-        self.model = maybe_compile(self.module) if settings.compile else self.module  # what runs the batches
+        runner = self.module
+        if self.world.distributed:  # gradients averaged over the ranks (the weights start as rank 0's)
+            from torch.nn.parallel import DistributedDataParallel
+
+            runner = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None)
+        self.model = maybe_compile(runner) if settings.compile else runner  # what runs the batches
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
         self.loss_fn, self.optimizer, self.schedule, self.augment = loss_fn, optimizer, schedule, augment
         self.callbacks = list(callbacks)
@@ -232,7 +242,7 @@ class Trainer:
         """The model's logits; a compiled model whose backend fails falls back to the eager module."""
         if evaluating and self.averaged is not None:
             return self.averaged(x)
-        if self.model is self.module:
+        if self.model is self.module or isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
             return self.model(x)
         try:
             return self.model(x)
@@ -268,14 +278,27 @@ class Trainer:
         try:
             self._call("on_fit_start", start_epoch)
             for epoch in range(start_epoch, self.settings.epochs + 1):
-                if self.stop_requested:
+                if self._stopping():
                     break
                 self._fit_epoch(images, masks, val, epoch)
+            self._stopping()  # a signal during the last epoch stops the run before its test
         except BaseException as exc:
             self._call("on_exception", exc)  # the last good epoch is on disk before the error goes on
             raise
         self._call("on_fit_end")
         return self.history
+
+    def _stopping(self) -> bool:
+        """At an epoch boundary: whether a callback asked to stop (early stopping, a pruned trial). With
+        several ranks the request of any rank stops all, and a signal that reached any rank (held until
+        now) stops all of them here, after the same epoch."""
+        if not self.world.distributed:
+            return self.stop_requested
+        signum = distributed.maximum(held_signal())
+        if signum:
+            raise Stopped(signum)
+        self.stop_requested = bool(distributed.maximum(int(self.stop_requested)))
+        return self.stop_requested
 
     def _fit_epoch(self, images: torch.Tensor, masks: torch.Tensor, val: SegArrays, epoch: int) -> None:
         """One epoch: train, validate, step an epoch-wise scheduler, then the callbacks (history, best, checkpoint)."""
@@ -325,12 +348,12 @@ class Trainer:
         self._call("on_train_epoch_start", epoch, len(starts))
         for step, b in enumerate(starts, 1):
             idx = order[b : b + batch_size]
-            x, y = self.prepare_batch(images, masks, idx)
+            x, y, share = self._rank_part(images, masks, idx)
             with autocast(self.device, self.settings.precision):
                 logits = self.forward(x)
                 loss = self.loss_fn(logits, y)  # losses compute in float32 from (possibly bf16/fp16) logits
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss * share).backward()
             self._call("on_before_optimizer_step")
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -338,11 +361,15 @@ class Trainer:
                 self.schedule.batch_end()
             bad = (first_bad == 0) & ~torch.isfinite(loss.detach())
             first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss.detach() * y.shape[0]
             iou_sum += image_metrics(logits.detach(), y, self.settings.threshold)["iou"].sum()
-            seen = min(b + batch_size, n)
-            # the running loss is read (a host sync) only by a callback that asks for it
-            self._call("on_train_batch_end", step, lambda: loss_sum.item() / seen)
+            seen = min(b + batch_size, n) if not self.world.distributed else (step - 1) * batch_size + len(idx)
+            # the running loss is read (a host sync) only by a callback that asks for it (this rank's, with ranks)
+            self._call("on_train_batch_end", step, lambda: loss_sum.item() / max(1, y.shape[0] if
+                                                                                   self.world.distributed else seen))
+        if self.world.distributed:  # the epoch's sums over every rank's part; a bad batch on any rank
+            loss_sum, iou_sum = distributed.sum_(torch.stack([loss_sum, iou_sum]).float().cpu())
+            first_bad = torch.tensor(distributed.maximum(int(first_bad.item())))
         if first_bad.item():  # one host sync per epoch
             raise TrainingDiverged(
                 f"the training loss became {loss_sum.item()} at epoch {epoch}, batch {first_bad.item()} of "
@@ -351,6 +378,24 @@ class Trainer:
                 f"this run used {self.settings.precision}), or a loss that is not stable from logits"
             )
         return {"loss": loss_sum.item() / n, "iou": iou_sum.item() / n}
+
+    def _rank_part(self, images: torch.Tensor, masks: torch.Tensor,
+                   idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The training batch ``idx`` prepared (:meth:`prepare_batch`), or with several ranks this rank's
+        contiguous part of it and the factor on its loss (its share of the batch times the number of
+        ranks: DDP's mean of the ranks' gradients is then the whole batch's). The batch is augmented
+        whole, from the same RNG on every rank, then cut: each case gets the draw a one-process run
+        gives it."""
+        if not self.world.distributed:
+            x, y = self.prepare_batch(images, masks, idx)
+            return x, y, 1.0
+        part = distributed.shard(len(idx))
+        if self.augment is None:
+            x, y = self.prepare_batch(images, masks, idx[part])
+        else:
+            x, y = self.prepare_batch(images, masks, idx)
+            x, y = x[part], y[part]
+        return x, y, self.world.size * y.shape[0] / len(idx)
 
     # -- evaluation --------------------------------------------------------
     def predict(self, data: SegArrays) -> torch.Tensor:
@@ -380,25 +425,49 @@ class Trainer:
 
     @torch.inference_mode()
     def _predict(self, data: SegArrays) -> torch.Tensor:
+        """Logits of every case; with several ranks each predicts its part of the cases and every rank
+        gets all of them, in case order."""
         self.model.eval()
         self.eval_module.eval()
+        part = data
+        if self.world.distributed:
+            where = distributed.shard(len(data))
+            part = SegArrays(data.images[where], data.masks[where], data.ids[where],
+                             None if data.groups is None else data.groups[where])
         out = []
-        for x, _ in self._batches(data):
+        for x, _ in self._batches(part):
             with autocast(self.device, self.settings.precision):
                 out.append(self.forward(x, evaluating=True).float().cpu())
-        return torch.cat(out)
+        logits = torch.cat(out) if out else torch.empty(0)
+        return distributed.gather_cat(logits, len(data)) if self.world.distributed else logits
 
     @torch.inference_mode()
     def _evaluate(self, data: SegArrays) -> dict[str, float]:
-        self.model.eval()
-        self.eval_module.eval()
         totals: dict[str, torch.Tensor] = {}
         loss_sum = torch.zeros((), device=self.device)
-        for x, y in self._batches(data):
-            with autocast(self.device, self.settings.precision):
-                logits = self.forward(x, evaluating=True)
-                loss_sum += self.loss_fn(logits, y) * y.shape[0]
+        scored = self._scored_gathered(data) if self.world.distributed else self._scored(data)
+        for logits, y, loss in scored:
+            loss_sum += loss * y.shape[0]
             for k, v in image_metrics(logits, y, self.settings.threshold, self.settings.class_names).items():
                 totals[k] = totals.get(k, 0) + v.sum()
         n = len(data)
         return {"loss": loss_sum.item() / n, **{k: v.item() / n for k, v in totals.items()}}
+
+    def _scored(self, data: SegArrays):
+        """(logits, masks, loss) of each evaluation batch."""
+        self.model.eval()
+        self.eval_module.eval()
+        for x, y in self._batches(data):
+            with autocast(self.device, self.settings.precision):
+                logits = self.forward(x, evaluating=True)
+                loss = self.loss_fn(logits, y)
+            yield logits, y, loss
+
+    def _scored_gathered(self, data: SegArrays):
+        """:meth:`_scored` with several ranks: every rank scores every case's gathered logits, in the
+        batches a one-process run scores them in (the same numbers on every rank)."""
+        logits_all = self._predict(data)
+        for b in range(0, len(data), self.eval_batch_size):
+            logits = logits_all[b : b + self.eval_batch_size].to(self.device)
+            y = data.masks[b : b + self.eval_batch_size].to(self.device).float()
+            yield logits, y, self.loss_fn(logits, y)

@@ -144,3 +144,20 @@ def exit_after_stop(stopped: Stopped) -> None:
     if stopped.hurried:
         log.warning("a second signal came while stopping: the state is saved; exiting now")
         end_now()
+
+
+def hold() -> None:
+    """With several ranks (a data-parallel run): from now on, within :func:`stop_on_signals`, a stop signal
+    raises nowhere by itself; the trainer reads it with :func:`held_signal` at the next epoch boundary,
+    where every rank stops together (a rank that stopped alone would leave the others waiting)."""
+    if _active is not None:
+        _active.deferring = True
+
+
+def held_signal() -> int:
+    """The signal that came since :func:`hold` (once), or 0."""
+    handlers = _active
+    if handlers is None or handlers.received is None or handlers.raised:
+        return 0
+    handlers.raised = True
+    return handlers.received

@@ -45,8 +45,24 @@ def job_subdir(sweep_dir: str, default: str, overrides: Sequence[Any]) -> str:
     return matches[0] if len(matches) == 1 else default
 
 
+STARTED_ENV = "SEGBENCH_STARTED"  # ISO time: the launch's start, the same on every rank of a torchrun launch
+
+
+def started(pattern: str) -> str:
+    """The resolver ``segbench_now`` of the default run and sweep dirs: Hydra's ``now`` (the time, as
+    ``pattern`` formats it), except that every rank of a data-parallel launch reads rank 0's start time
+    (``SEGBENCH_STARTED``), so that they all name one run dir."""
+    import datetime
+    import os
+
+    when = os.environ.get(STARTED_ENV)
+    return (datetime.datetime.fromisoformat(when) if when else datetime.datetime.now()).strftime(pattern)
+
+
 def register_resolvers() -> None:
     """The resolvers conf/config.yaml uses; done on import of :mod:`segbench.config`, so also in a
     launcher's worker processes."""
     if not OmegaConf.has_resolver("segbench_job_subdir"):
         OmegaConf.register_new_resolver("segbench_job_subdir", job_subdir)
+    if not OmegaConf.has_resolver("segbench_now"):
+        OmegaConf.register_new_resolver("segbench_now", started, use_cache=True)

@@ -236,6 +236,24 @@ class RunDir:
             root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
 
 
+class ReadingRunDir(RunDir):
+    """A run dir as a rank other than 0 of a data-parallel run sees it: it reads what rank 0 writes and
+    writes nothing itself."""
+
+    def _nothing(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    ensure_log_file = keep_hydra_record = _nothing  # type: ignore[assignment]
+    write_split = write_history = write_metrics = write_per_image = write_record = _nothing  # type: ignore
+    save_checkpoint = wait_for_checkpoints = _nothing  # type: ignore[assignment]
+
+    def create(self) -> "ReadingRunDir":  # type: ignore[override]
+        return self
+
+    def remove_results(self) -> list[str]:
+        return []
+
+
 def find_runs(paths: Iterable[str | Path], trained: bool = False, required: bool = True) -> list[RunDir]:
     """The run directories named by ``paths``, each a run directory itself or a folder (a sweep) searched
     for them below, without repeats, sorted by path. A run directory holds Hydra's record of its launch

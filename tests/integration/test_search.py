@@ -25,7 +25,7 @@ from segbench.search.space import search_space  # noqa: E402
 from segbench.search.study import DIR, HOST, PID, counted, recover_dead_trials, storage_of  # noqa: E402
 from segbench.search.trial import TrialReporter, make_pruner  # noqa: E402
 
-SEARCH = ["hparams_search=optuna", *(a for a in TINY if not a.startswith("trainer.device"))]
+SEARCH = ["hparams_search=optuna", *(a for a in TINY if not a.startswith(("trainer.device", "trainer.threads")))]
 
 
 def trial_dirs(sweep):

@@ -61,7 +61,8 @@ def test_invalid_value_is_a_value_error_and_can_be_prefixed():
 
 def test_run_settings_cover_their_sub_keys():
     assert is_run_setting("trainer.device") and is_run_setting("+dataset.root") and is_run_setting("cache_dir")
-    assert not is_run_setting("trainer.epochs") and not is_run_setting("trainer.devices")
+    assert not is_run_setting("trainer.epochs") and not is_run_setting("trainer.device_count")  # not a prefix match
+    assert is_run_setting("trainer.devices")  # the ranks of a data-parallel run: a resume may use other counts
     assert all(k.count(".") <= 1 for k in RUN_SETTINGS)
 
 

@@ -82,7 +82,8 @@ def test_upgrade_config_maps_the_old_keys_to_the_callbacks_group():
     assert new["callbacks"] == {
         "grad_clip": {"_target_": "segbench.engine.GradClip", "max_norm": 1.0},
         "early_stop": {"_target_": "segbench.engine.EarlyStopping", "patience": 4, "min_delta": 0.01}}
-    assert new["trainer"] == {"epochs": 3, "val_every": 1, "monitor": "val/iou", "monitor_mode": "auto"}
+    assert new["trainer"] == {"epochs": 3, "val_every": 1, "monitor": "val/iou", "monitor_mode": "auto",
+                              "sync_batchnorm": "auto"}
     assert new["scheduler"] == {"monitor": "val/iou", "factor": 0.5}
     assert "grad_clip" in old["trainer"]  # the argument is not modified
     assert upgrade_config(new) is new  # a current config: unchanged
