@@ -16,8 +16,6 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
-from skimage import io as skio
-from skimage.transform import resize
 
 from ..errors import DataError, describe
 from ..runs.atomic import save_npz
@@ -44,6 +42,8 @@ def image_files(folder: Path) -> list[Path]:
 def read_image(path: Path) -> np.ndarray:
     """Any image file scikit-image reads, as an array; an unreadable file is a DataError naming it."""
     try:
+        from skimage import io as skio  # here: most of a second to import, and only files need it
+
         return np.asarray(skio.imread(path))
     except Exception as exc:  # decoder errors vary by format and plugin
         raise DataError(f"cannot read image file '{path}': {describe(exc)}") from exc  # decoders add advice lines
@@ -131,6 +131,8 @@ def read_case(image_path: Path, mask_path: Path, num_classes: int = 1) -> tuple[
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (3, size, size) uint8, resized with anti-aliasing (what the network sees)."""
+    from skimage.transform import resize
+
     img = resize(image.astype(np.float32) / 255.0, (size, size), anti_aliasing=True)
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
@@ -142,6 +144,8 @@ def load_case(image_path: Path, mask_path: Path, size: int, num_classes: int = 1
     The image is resized with anti-aliasing; a binary mask is resized the same way and
     thresholded at 0.5, as in the seed study; a class-index mask takes the nearest pixel.
     """
+    from skimage.transform import resize
+
     image, mask = read_case(image_path, mask_path, num_classes)
     img = resize_image(image, size)
     if num_classes > 1:

@@ -58,33 +58,35 @@ def plot_predictions(run_dir: RunDir, part: SegArrays, logits: torch.Tensor, thr
     IoU per case as scored, in test_per_image.csv), worst first, written to ``predictions.png``."""
     shown = worst_cases(scores, count)
     fig = prediction_figure(part.subset([part.ids[i] for i in shown]), logits[shown], threshold,
-                            postprocess=postprocess, class_names=class_names, scores=[scores[i] for i in shown])
-    fig.suptitle(f"the {len(shown)} test cases with the lowest IoU", fontsize=10)
-    fig.tight_layout()
+                            postprocess=postprocess, class_names=class_names, scores=[scores[i] for i in shown],
+                            title=f"the {len(shown)} test cases with the lowest IoU")
     fig.savefig(run_dir.predictions_png, dpi=90)
     plt.close(fig)
     return run_dir.predictions_png
 
 
 def prediction_figure(shown: SegArrays, logits: torch.Tensor, threshold: float, postprocess: str = "none",
-                      class_names: Sequence[str] | None = None, scores: Sequence[float] | None = None) -> plt.Figure:
+                      class_names: Sequence[str] | None = None, scores: Sequence[float] | None = None,
+                      title: str | None = None) -> plt.Figure:
     """image / mask / probability / prediction of each case of ``shown`` (logits (N, C, H, W) in its
     order, on the CPU), one row each, with the case's IoU (``scores``, or computed here at this size).
     The prediction is the scored one (:func:`segbench.evaluation.scoring.decide`: threshold or argmax,
     then ``postprocess``), at the logits' size. Multi-class logits: image / mask / prediction in class
-    colours, with a legend of ``class_names``."""
+    colours, with a legend of ``class_names``. ``title``: the figure's, laid out with the panels."""
     logits = logits.float().cpu()
     shown = SegArrays(shown.images.cpu(), shown.masks.cpu(), shown.ids, shown.groups)
     pred = decide(logits, threshold, postprocess)
     if scores is None:
         scores = per_image(logits, shown.masks, threshold, postprocess, class_names)["iou"]
     if logits.shape[1] > 1:
-        return _class_grid(shown, pred[:, 0], scores, class_names)
-    return _prediction_grid(shown.images, shown.masks, torch.sigmoid(logits), pred, shown.ids, scores)
+        fig = _class_grid(shown, pred[:, 0], scores, class_names, title)
+    else:
+        fig = _prediction_grid(shown.images, shown.masks, torch.sigmoid(logits), pred, shown.ids, scores, title)
+    return fig
 
 
 def _class_grid(shown: SegArrays, pred: torch.Tensor, scores: Sequence[float],
-                class_names: Sequence[str] | None) -> plt.Figure:
+                class_names: Sequence[str] | None, title: str | None = None) -> plt.Figure:
     """images, masks (N, 1, H, W) and predicted class maps (N, H, W) in class colours, with a legend."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -102,6 +104,8 @@ def _class_grid(shown: SegArrays, pred: torch.Tensor, scores: Sequence[float],
         draw_row(axes[i], panels)
     fig.legend(handles=[Patch(color=c, label=name) for c, name in zip(colours, names)], loc="lower center",
                ncol=min(num_classes, 6), fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.4 / (2.6 * n + 0.5), 1, 1))
     return fig
 
@@ -115,7 +119,7 @@ def draw_row(axes, panels) -> None:
 
 
 def _prediction_grid(images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor, pred: torch.Tensor,
-                     ids: Sequence[str], scores: Sequence[float]) -> plt.Figure:
+                     ids: Sequence[str], scores: Sequence[float], title: str | None = None) -> plt.Figure:
     """images (N, 3, H, W) uint8; masks (N, 1, H, W) {0, 1}; probs (N, 1, H, W) foreground probability;
     pred (N, 1, H, W) the decided foreground."""
     n = len(ids)
@@ -126,6 +130,8 @@ def _prediction_grid(images: torch.Tensor, masks: torch.Tensor, probs: torch.Ten
                            (masks[i, 0].numpy(), "mask", binary),
                            (probs[i, 0].numpy(), "probability", {"cmap": "magma", "vmin": 0, "vmax": 1}),
                            (pred[i, 0].numpy(), f"prediction (IoU {scores[i]:.3f})", binary)])
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

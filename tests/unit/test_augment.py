@@ -93,8 +93,8 @@ def test_run_with_augmentation_writes_the_figure(tmp_path, monkeypatch):
     assert (tmp_path / "augmented" / "augmentations.png").read_bytes()[:4] == b"\x89PNG"
     plain = run(compose_cfg([*TINY, f"output_dir={tmp_path / 'plain'}"]))
     assert plain["test/loss"] != augmented["test/loss"] and not (tmp_path / "plain" / "augmentations.png").exists()
-    import segbench.train
+    import segbench.report.figures
 
-    monkeypatch.setattr(segbench.train, "plot_augmentations", lambda *a, **k: None)
+    monkeypatch.setattr(segbench.report.figures, "plot_augmentations", lambda *a, **k: None)
     unplotted = run(compose_cfg([*args, f"output_dir={tmp_path / 'unplotted'}"]))
     assert unplotted["test/loss"] == augmented["test/loss"]  # the figure's draws do not touch training's RNG
