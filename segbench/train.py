@@ -49,7 +49,6 @@ from .engine.signals import hold as hold_signals
 from .errors import CheckpointError, UserError
 from .evaluation.scoring import EvalSettings, TestResult, score_test
 from .metrics import class_keys
-from .report.figures import plot_augmentations, plot_curves, plot_predictions
 from .runs import RunDir
 from .runs.launch import resume_command
 from .runs.lock import run_lock
@@ -80,7 +79,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if int(cfg.trainer.get("devices", 1)) > 1 and distributed.env_world() is None:
         from .engine.spawn import spawn
 
-        return spawn(cfg, int(cfg.trainer.devices), run)  # trainer.devices=N: N ranks on this machine
+        ranks = int(cfg.trainer.devices)
+        gpus = distributed.gpus_for_ranks(ranks, str(cfg.trainer.device), _job_slot())
+        return spawn(cfg, ranks, run, gpus)  # trainer.devices=N: N ranks on this machine
     world = distributed.join(_device_type(cfg))  # one process, or a rank of torchrun / spawn / srun
     run_dir = (RunDir if world.main else ReadingRunDir)(cfg.output_dir).create()
     if world.main:
@@ -91,6 +92,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # one trainer at a time: a second process waits, then finds the run as it was left (rank 0 holds it for all)
     with run_lock(run_dir.path) if world.main else contextlib.nullcontext():
         return _run(cfg, run_dir, resolved, world)
+
+
+def _job_slot() -> int:
+    """Which of a sweep's concurrent jobs on this machine this one is (0 outside a sweep): a data-parallel
+    job of a joblib sweep takes its own GPUs."""
+    jobs = concurrent_jobs()
+    return HydraConfig.get().job.num % jobs if jobs > 1 else 0
 
 
 def _device_type(cfg: DictConfig) -> str:
@@ -182,7 +190,7 @@ def setup(cfg: DictConfig, run_dir: RunDir, resolved: dict) -> Setup:
     world = distributed.current()
     device = resolve_device(str(cfg.trainer.device), HydraConfig.get().job.num if multirun else None)
     if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)  # one GPU per rank
+        device = torch.device("cuda", distributed.rank_gpu(world.local_rank))  # one GPU per rank
         torch.cuda.set_device(device)
     threads = resolve_threads(cfg.trainer.threads, concurrent_jobs() * distributed.local_size())
     torch.set_num_threads(threads)
@@ -315,6 +323,8 @@ def fit(cfg: DictConfig, run_dir: RunDir, resolved: dict, where: Setup, parts: P
         log.info("resuming from %s at epoch %d of %d", run_dir.last_pt, start_epoch, cfg.trainer.epochs)
     where.saved = None  # the state is in the trainer now: free its copy
     if parts.augment is not None and start_epoch == 1 and distributed.current().main:
+        from .report.figures import plot_augmentations  # matplotlib: only where a run draws
+
         plot_augmentations(run_dir, train, parts.augment, where.device)  # draws from a forked RNG: changes nothing
     loop_start = time.perf_counter()
     trainer.fit(train, data.parts["val"], start_epoch)
@@ -355,6 +365,8 @@ def record(run_dir: RunDir, where: Setup, parts: Parts, data: Data, fitted: Fitt
              "loss %.4f", fitted.best.epoch, result.threshold, where.evaluation.resolution, metrics["test/iou"],
              metrics["test/dice"], metrics["test/iou_score"], metrics["test/hd95"], metrics["test/loss"])
     if distributed.current().main:
+        from .report.figures import plot_curves, plot_predictions
+
         plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']}")
         plot_predictions(run_dir, test_part, result.logits, result.threshold, where.evaluation.num_predictions,
                          result.per_image["iou"], dataset.class_names, where.evaluation.postprocess)
@@ -381,6 +393,8 @@ def _pruned(run_dir: RunDir, fitted: Fitted, where: Setup) -> dict[str, Any]:
                "train_time_s": trainer.train_time, **names, "provenance": where.launch}
     run_dir.write_metrics(metrics)
     if distributed.current().main:
+        from .report.figures import plot_curves
+
         plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']} (pruned at epoch {epoch})")
     log.info("pruned by the search after epoch %d; wrote %s", epoch, run_dir.path)
     return metrics

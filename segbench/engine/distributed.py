@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = int(os.environ.get("SEGBENCH_DIST_TIMEOUT_S", "600"))  # a collective that waits longer fails
@@ -56,6 +58,10 @@ def env_world() -> tuple[int, int, int] | None:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
         return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ["SLURM_LOCALID"])
+    if int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1 and "SUBMITIT_LOCAL_GLOBALID" in os.environ:
+        # submitit's local executor (hydra/launcher=slurm_local hydra.launcher.tasks_per_node=N): SLURM's tasks here
+        return (int(os.environ["SUBMITIT_LOCAL_GLOBALID"]), int(os.environ["SUBMITIT_LOCAL_NTASKS"]),
+                int(os.environ["SUBMITIT_LOCAL_LOCALID"]))
     return None
 
 
@@ -87,6 +93,39 @@ def local_size() -> int:
         return 1
     return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
                or _world.size)
+
+
+def gpus_for_ranks(ranks: int, device: str, job_slot: int = 0, count: int | None = None) -> list[int] | None:
+    """The GPU of each of ``ranks`` spawned ranks (``trainer.devices``), None where the run is not on CUDA.
+
+    Job ``job_slot`` of the sweep jobs that run at once on this machine (joblib's ``n_jobs``) takes the GPUs
+    ``job_slot*ranks ...``, wrapping round where the jobs need more than the machine has (they then share
+    GPUs). ``trainer.device=cuda:K`` starts at GPU K. More ranks than GPUs is refused, naming both."""
+    if device.startswith(("cpu", "mps")) or (count is None and not torch.cuda.is_available()):
+        return None
+    count = torch.cuda.device_count() if count is None else count
+    if ranks > count:
+        raise UserError(f"trainer.devices={ranks} but this machine has {count} CUDA device(s): one rank per GPU; "
+                        f"use trainer.devices={count} or fewer (or trainer.device=cpu for gloo ranks on the CPU)")
+    start = int(device.split(":", 1)[1]) if device.startswith("cuda:") else job_slot * ranks
+    if start + ranks > count and device.startswith("cuda:"):
+        raise UserError(f"trainer.device={device} with trainer.devices={ranks} needs GPUs {start}..{start + ranks - 1}"
+                        f" but this machine has {count}")
+    return [(start + r) % count for r in range(ranks)]
+
+
+def rank_gpu(local_rank: int) -> int:
+    """This rank's GPU: the one ``trainer.devices`` gave it, else its local rank (torchrun, srun), or the
+    only one a task sees; one that is not there is refused before any work."""
+    gpu = int(os.environ.get("SEGBENCH_RANK_GPU", local_rank))
+    count = torch.cuda.device_count()
+    if gpu >= count and count == 1 and "SEGBENCH_RANK_GPU" not in os.environ:
+        return 0  # a task that sees one GPU (SLURM's --gpus-per-task=1 or --gpu-bind): its own
+    if gpu >= count:
+        raise UserError(f"rank with LOCAL_RANK={local_rank} would use GPU {gpu} but this machine has {count} CUDA "
+                        "device(s): start at most one rank per GPU (torchrun --nproc-per-node, SLURM "
+                        "--ntasks-per-node / --gpus-per-node)")
+    return gpu
 
 
 def quiet_logging() -> None:
@@ -132,7 +171,14 @@ def agree_on_start() -> None:
 
 
 def _slurm_rendezvous() -> None:
+    """Where the tasks of a SLURM job (or of submitit's local stand-in) find rank 0: the job's first node,
+    a port from the job id."""
     import subprocess
+
+    if "SUBMITIT_LOCAL_JOB_ID" in os.environ and "SLURM_JOB_NODELIST" not in os.environ:
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ["SUBMITIT_LOCAL_JOB_ID"]) % 20000))
+        return
 
     nodes = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], check=True,
                            capture_output=True, text=True).stdout.split()

@@ -32,8 +32,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(cfg: DictConfig, ranks: int, train: Callable[[DictConfig], Any]) -> dict[str, Any]:
-    """``train(cfg)`` (segbench.train.run) on ``ranks`` processes of this machine; rank 0's metrics."""
+def spawn(cfg: DictConfig, ranks: int, train: Callable[[DictConfig], Any],
+          gpus: list[int] | None = None) -> dict[str, Any]:
+    """``train(cfg)`` (segbench.train.run) on ``ranks`` processes of this machine; rank 0's metrics.
+    ``gpus``: the GPU of each rank (:func:`segbench.engine.distributed.gpus_for_ranks`), None on the CPU."""
     from hydra.core.hydra_config import HydraConfig
 
     from ..runs import RunDir
@@ -43,7 +45,7 @@ def spawn(cfg: DictConfig, ranks: int, train: Callable[[DictConfig], Any]) -> di
     run_dir = RunDir(cfg.output_dir)
     log.info("trainer.devices=%d: starting %d ranks of one data-parallel run in %s", ranks, ranks, run_dir.path)
     with _standard_start_method():
-        context = mp.start_processes(_rank, args=(ranks, _free_port(), resolved, hydra, train), nprocs=ranks,
+        context = mp.start_processes(_rank, args=(ranks, _free_port(), resolved, hydra, train, gpus), nprocs=ranks,
                                      join=False, start_method="spawn")
     received: list[int] = []
 
@@ -115,10 +117,12 @@ def _ended(exc: Exception, run_dir: Any) -> None:
 
 
 def _rank(rank: int, ranks: int, port: int, resolved: dict, hydra: dict | None,
-          train: Callable[[DictConfig], Any]) -> None:
+          train: Callable[[DictConfig], Any], gpus: list[int] | None = None) -> None:
     """One rank (a spawned process): the run's config and Hydra's record of the launch, then ``run``."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(ranks), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(ranks),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if gpus is not None:
+        os.environ["SEGBENCH_RANK_GPU"] = str(gpus[rank])
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", stream=sys.stderr)
     if hydra is not None:

@@ -46,19 +46,23 @@ def _same(got, want):
         assert got[key] == pytest.approx(want[key], abs=1e-4), key
 
 
-def test_two_ranks_equal_one_process_and_write_one_run_dir(tmp_path, one_process):
+def test_two_ranks_in_a_sweep_job_equal_one_process_and_write_one_run_dir(tmp_path, one_process):
+    """A job of a joblib multirun with trainer.devices=2 (its worker spawns the ranks): one job dir, the
+    one-process metrics, and the sweep's report counts it done."""
     want, _ = one_process
-    out = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "segbench", *ARGS, "trainer.devices=2", f"hydra.run.dir={out}"],
+    out = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, "-m", "segbench", "-m", "hydra/launcher=joblib", *ARGS, "seed=0",
+                             "trainer.devices=2", f"hydra.sweep.dir={out}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    got = RunDir(out).read_metrics()
+    (job,) = [p.parent for p in out.glob("*/metrics.json")]  # no per-rank dirs
+    got = RunDir(job).read_metrics()
     assert got["status"] == "done" and got["world_size"] == 2 and got["backend"] == "gloo"
     _same(got, want)
-    assert json.loads((out / "run.json").read_text())["launches"][0]["world_size"] == 2
-    log = (out / "train.log").read_text()
+    assert json.loads((job / "run.json").read_text())["launches"][0]["world_size"] == 2
+    log = (job / "train.log").read_text()
     assert log.count("wrote ") == 1 and "data-parallel: rank 0 of 2 (gloo), 4 cases of each batch of 8" in log
-    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # no per-rank dirs
+    assert "'done': 1, 'failed': 0" in result.stdout + result.stderr and (out / "summary.md").is_file()
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
@@ -74,6 +78,22 @@ def test_torchrun_ranks_name_one_run_dir(tmp_path, one_process):
     got = RunDir(out).read_metrics()
     assert got["world_size"] == 2
     _same(got, want)
+
+
+def test_the_tasks_of_a_slurm_job_are_the_ranks_of_one_run(tmp_path, one_process):
+    """hydra/launcher=slurm_local hydra.launcher.tasks_per_node=2: submitit starts the job's two tasks, as
+    srun does on SLURM, and they train one run in one job dir, equal to one process."""
+    want, _ = one_process
+    out = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, "-m", "segbench", "-m", "hydra/launcher=slurm_local",
+                             "hydra.launcher.tasks_per_node=2", *ARGS, "seed=0", f"hydra.sweep.dir={out}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (job,) = [p.parent for p in out.glob("*/metrics.json")]
+    got = RunDir(job).read_metrics()
+    assert got["status"] == "done" and got["world_size"] == 2
+    _same(got, want)
+    assert len(list(out.glob(".submitit/*/*_1_log.out"))) == 1  # the second task ran
 
 
 def test_a_signal_to_one_rank_stops_all_and_the_run_continues_on_one_process(tmp_path, one_process):
@@ -92,6 +112,7 @@ def test_a_signal_to_one_rank_stops_all_and_the_run_continues_on_one_process(tmp
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     stopped = RunDir(out).read_metrics()
     assert stopped == {"status": "interrupted", "error": "SIGTERM", "signal": "SIGTERM"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # no per-rank dirs
     assert "Traceback" not in err
     # the same command, on one process (another world size): it continues from last.pt
     result = subprocess.run([*command[:-2], f"hydra.run.dir={out}"], cwd=tmp_path, capture_output=True, text=True,

@@ -98,3 +98,60 @@ def test_the_ema_update_does_not_wait_for_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert ema.steps == 3
+
+
+def _ddp_args(out):
+    """The gloo tests' run (tests/integration/test_distributed.py) on CUDA, fp32 without TF32 differences
+    mattering at this tolerance."""
+    from tests.integration.test_distributed import ARGS
+
+    return [*(o for o in ARGS if not o.startswith("trainer.device=")), "trainer.device=cuda", f"hydra.run.dir={out}"]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_nccl_ranks_equal_one_gpu_process(tmp_path):
+    import subprocess
+    import sys
+
+    from segbench.runs import RunDir
+
+    runs = {}
+    for devices in (1, 2):
+        out = tmp_path / f"d{devices}"
+        result = subprocess.run([sys.executable, "-m", "segbench", *_ddp_args(out), f"trainer.devices={devices}"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[devices] = RunDir(out).read_metrics()
+    assert runs[2]["world_size"] == 2 and runs[2]["backend"] == "nccl"
+    assert runs[2]["test/iou"] == pytest.approx(runs[1]["test/iou"], abs=5e-3)
+
+
+def test_torchrun_on_one_gpu_uses_nccl(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from segbench.runs import RunDir
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    out = tmp_path / "run"
+    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node=1", "-m", "segbench", *_ddp_args(out)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = RunDir(out).read_metrics()
+    assert got["status"] == "done" and got["device"].startswith("cuda")
+    assert got["world_size"] == 1
+
+
+def test_more_ranks_than_gpus_are_refused_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    many = torch.cuda.device_count() + 1
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "segbench", *_ddp_args(out), f"trainer.devices={many}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert f"trainer.devices={many} but this machine has {many - 1} CUDA device" in result.stderr
+    assert not (out / "metrics.json").exists()

@@ -60,3 +60,20 @@ def test_one_process_is_untouched():
     assert distributed.current().size == 1 and distributed.shard(5) == slice(0, 5)
     t = torch.arange(3.0)
     assert distributed.sum_(t) is t and distributed.gather_cat(t, 3) is t and distributed.maximum(4) == 4
+
+
+def test_spawned_ranks_get_their_own_gpus_and_too_many_are_refused():
+    import pytest
+
+    from segbench.engine.distributed import gpus_for_ranks
+    from segbench.errors import UserError
+
+    assert gpus_for_ranks(4, "auto", count=8) == [0, 1, 2, 3]
+    assert gpus_for_ranks(4, "cuda", job_slot=1, count=8) == [4, 5, 6, 7]  # the second job of a joblib sweep
+    assert gpus_for_ranks(2, "auto", job_slot=3, count=4) == [2, 3]  # 6, 7 wrap round to 2, 3
+    assert gpus_for_ranks(2, "cuda:2", count=4) == [2, 3]
+    assert gpus_for_ranks(2, "cpu", count=4) is None
+    with pytest.raises(UserError, match=r"trainer.devices=3 but this machine has 2 CUDA device"):
+        gpus_for_ranks(3, "auto", count=2)
+    with pytest.raises(UserError, match=r"trainer.device=cuda:3 with trainer.devices=2 needs GPUs 3..4"):
+        gpus_for_ranks(2, "cuda:3", count=4)
