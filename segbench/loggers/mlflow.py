@@ -105,7 +105,8 @@ class MLflowLogger(Logger):
         # artifacts beside the database file (mlartifacts/), as `mlflow server` keeps them; a server decides
         location = (store.parent / "mlartifacts" / name.strip("/").replace("/", "_")).as_uri() if store else None
         with store_lock(store):
-            experiment_id = self._retried(lambda: self._experiment_id(name, location))
+            # a local store: parallel jobs race to create it; a server has MLflow's own HTTP retries
+            experiment_id = self._retried(lambda: self._experiment_id(name, location), attempts=6 if store else 1)
         tags = {"run_dir": str(self.run_dir.path.resolve()), **({"sweep_dir": sweep} if sweep else {})}
         run = self.client.create_run(experiment_id, run_name=self.run_name or self.run_dir.path.name, tags=tags)
         self.run_id = run.info.run_id
