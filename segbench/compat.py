@@ -40,7 +40,10 @@ def upgrade_config(config: dict) -> dict:
     the old behaviour (``trainer.val_every=1``, ``trainer.monitor=val/iou``). A current config is
     returned unchanged; the argument is not modified."""
     trainer = config.get("trainer") or {}
-    if not set(MOVED_CALLBACKS) & set(trainer) and {"monitor", "val_every", "sync_batchnorm"} <= set(trainer):
+    dataset = config.get("dataset") or {}
+    folder = str(dataset.get("_target_", "")).endswith(".Folder")
+    if (not set(MOVED_CALLBACKS) & set(trainer) and {"monitor", "val_every", "sync_batchnorm"} <= set(trainer)
+            and (not folder or "subjects" in dataset)):
         return config
     config = copy.deepcopy(config)
     trainer = config.setdefault("trainer", {})
@@ -56,6 +59,11 @@ def upgrade_config(config: dict) -> dict:
     trainer.setdefault("monitor", DEFAULT_MONITOR)
     trainer.setdefault("monitor_mode", "auto")
     trainer.setdefault("sync_batchnorm", "auto")  # added with data-parallel runs; one process never uses it
+    if folder:  # added with subject-grouped splits: none, every case its own subject (the splits of before)
+        dataset = config["dataset"]
+        dataset.setdefault("subjects", None)
+        dataset.setdefault("subjects_metadata", None)
+        dataset.setdefault("metadata_columns", ["isic_id", "lesion_id"])
     scheduler = config.get("scheduler") or {}
     if scheduler.get("monitor") == DEFAULT_MONITOR and scheduler.get("mode") == "max":  # now derived from the monitor
         scheduler.pop("mode")

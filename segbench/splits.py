@@ -28,14 +28,16 @@ def split_digest(split: dict[str, list[str]]) -> str:
 
 
 def interleave_by_group(ids: Sequence[str], groups: Sequence[str] | None, order: Sequence[str],
-                        rng: np.random.Generator) -> list[int]:
+                        rng: np.random.Generator, weights: Sequence[int] | None = None) -> list[int]:
     """A seeded order of the indices of ``ids`` in which every contiguous slice holds the groups in
     the dataset's proportions.
 
     Without groups it is a plain permutation of the ids sorted. With groups, each group
     (visited in ``order``, then any others sorted) is shuffled and its members are spread
     evenly: member k of a group of n sits at position (k + 0.5) / n, ties broken at random.
-    The result depends only on the sorted ids, the groups and the generator's state.
+    The result depends only on the sorted ids, the groups and the generator's state. ``weights`` (the
+    cases of each subject, when the ids are subjects) spread the members by their cases instead: member
+    k sits at the middle of its cases among its group's, so that slices hold each group's share of cases.
     """
     by_id = sorted(range(len(ids)), key=lambda i: ids[i])
     if groups is None:
@@ -47,7 +49,13 @@ def interleave_by_group(ids: Sequence[str], groups: Sequence[str] | None, order:
         if not members:
             continue
         members = [members[j] for j in rng.permutation(len(members))]
-        keyed += [((k + 0.5) / len(members), rng.random(), i) for k, i in enumerate(members)]
+        if weights is None:
+            keyed += [((k + 0.5) / len(members), rng.random(), i) for k, i in enumerate(members)]
+            continue
+        total, before = sum(weights[i] for i in members), 0
+        for i in members:
+            keyed.append(((before + weights[i] / 2) / total, rng.random(), i))
+            before += weights[i]
     return [i for _, _, i in sorted(keyed)]
 
 
@@ -71,15 +79,23 @@ class Split:
         return {}
 
     def make(self, ids: Sequence[str], groups: Sequence[str] | None = None, group_order: Sequence[str] = (),
-             group_key: str | None = None) -> dict:
-        """What split.json holds: ``train``, ``val``, ``test`` (case ids), settings and ``digest``."""
+             group_key: str | None = None, subjects: Sequence[str] | None = None) -> dict:
+        """What split.json holds: ``train``, ``val``, ``test`` (case ids), settings and ``digest``.
+
+        With ``subjects`` (each case's patient or lesion), a subject's cases are never in two parts: the
+        subjects are ordered as cases are (seeded, stratified by their cases' most common group) and the
+        parts cut from that order, each subject going with its first case, so that sizes are met to
+        within one subject's cases. split.json then records ``split_by`` and each case's subject."""
         problem = self.check(len(ids))
         if problem:
             raise UserError(problem)
-        order = interleave_by_group(ids, groups, group_order, np.random.default_rng(self.seed))
-        positions = self.assign(order)
+        rng = np.random.default_rng(self.seed)
+        if subjects is None:  # every case its own subject: exactly the split of segbench before subjects
+            positions = self.assign(interleave_by_group(ids, groups, group_order, rng))
+        else:
+            positions = self._by_subject(ids, groups, group_order, subjects, rng)
         parts = {name: [ids[i] for i in positions[name]] for name in PARTS}
-        return {
+        record = {
             **parts,
             "strategy": self.name,
             **self.settings(),
@@ -88,6 +104,45 @@ class Split:
             "stratified_by": None if groups is None else (group_key or "group"),
             "digest": split_digest(parts),
         }
+        if subjects is not None:
+            used = {i for name in PARTS for i in positions[name]}
+            record["split_by"] = "subject"
+            record["subjects"] = {ids[i]: str(subjects[i]) for i in sorted(used, key=lambda i: ids[i])}
+            record["subject_counts"] = [len({subjects[i] for i in positions[name]}) for name in PARTS]
+        return record
+
+    def _by_subject(self, ids: Sequence[str], groups: Sequence[str] | None, group_order: Sequence[str],
+                    subjects: Sequence[str], rng: np.random.Generator) -> dict[str, list[int]]:
+        from collections import Counter
+
+        members: dict[str, list[int]] = {}
+        for i in sorted(range(len(ids)), key=lambda i: ids[i]):
+            members.setdefault(str(subjects[i]), []).append(i)
+        names = sorted(members)
+        labels = None
+        if groups is not None:  # a subject's group: its cases' most common, ties to the first in order
+            rank = {g: k for k, g in enumerate(list(group_order) + sorted(set(groups) - set(group_order)))}
+            labels = [min(Counter(groups[i] for i in members[n]).most_common(),
+                          key=lambda item: (-item[1], rank[item[0]]))[0] for n in names]
+        units = interleave_by_group(names, labels, group_order, rng, [len(members[n]) for n in names])
+        order = [i for u in units for i in members[names[u]]]
+        cut = self.assign(order)
+        part_of = {i: name for name in PARTS for i in cut[name]}
+        positions: dict[str, list[int]] = {name: [] for name in PARTS}
+        done: set[str] = set()
+        for i in order:  # each subject goes where its first case in the order went (or is left out with it)
+            subject = str(subjects[i])
+            if subject in done:
+                continue
+            done.add(subject)
+            if i in part_of:
+                positions[part_of[i]].extend(members[subject])
+        empty = [name for name in PARTS if not positions[name]]
+        if empty:
+            raise UserError(f"split by subject: {len(members)} subjects for {len(ids)} cases leave no subject for "
+                            f"the {' and '.join(empty)} part of the {self.name} split; the parts need more "
+                            "subjects (larger split.sizes for them, or fewer folds)")
+        return positions
 
 
 class Holdout(Split):
@@ -230,7 +285,7 @@ class FileSplit(Split):
         return None
 
     def make(self, ids: Sequence[str], groups: Sequence[str] | None = None, group_order: Sequence[str] = (),
-             group_key: str | None = None) -> dict:
+             group_key: str | None = None, subjects: Sequence[str] | None = None) -> dict:
         parts, known, seen = self.parts(), set(ids), {}
         for part in PARTS:
             for case in parts[part]:
@@ -242,7 +297,22 @@ class FileSplit(Split):
         if unknown:
             raise DataError(f"split.path: '{self.path}' names {len(unknown)} case(s) the dataset does not have, "
                             f"e.g. {', '.join(unknown[:3])} (its ids look like {', '.join(sorted(ids)[:2])})")
-        return {
+        record = {
             **parts, "strategy": self.name, "path": str(self.path), "seed": None,
             "sizes": [len(parts[p]) for p in PARTS], "stratified_by": None, "digest": split_digest(parts),
         }
+        if subjects is not None:
+            subject_of = dict(zip(ids, (str(x) for x in subjects)))
+            where: dict[str, tuple[str, str]] = {}
+            for part in PARTS:
+                for case in parts[part]:
+                    subject = subject_of[case]
+                    first = where.setdefault(subject, (part, case))
+                    if first[0] != part:
+                        raise DataError(f"split.path: subject '{subject}' has case '{first[1]}' in '{first[0]}' and "
+                                        f"case '{case}' in '{part}' in '{self.path}'; a subject's cases belong to "
+                                        "one part (the dataset's subjects: dataset.subjects)")
+            record["split_by"] = "subject"
+            record["subjects"] = {case: subject_of[case] for case in sorted(seen)}
+            record["subject_counts"] = [len({subject_of[c] for c in parts[p]}) for p in PARTS]
+        return record

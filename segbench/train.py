@@ -271,13 +271,15 @@ def load_data(cfg: DictConfig, run_dir: RunDir, parts: Parts, name: str) -> Data
     """Step 3: the split made (and written to split.json) and its train/val/test parts loaded."""
     dataset = parts.dataset
     load_start = time.perf_counter()
-    split = parts.splitter.make(dataset.ids, dataset.groups, dataset.group_order, dataset.group_key)
+    split = parts.splitter.make(dataset.ids, dataset.groups, dataset.group_order, dataset.group_key,
+                                dataset.read_subjects(dataset.ids))
     loaded = dataset.parts(split)
     load_time = time.perf_counter() - load_start
     monitor = build_monitor(cfg.trainer, dataset.class_names if dataset.num_classes > 1 else None)
     run_dir.write_split(split)
-    log.info("data: %s, %d/%d/%d train/val/test at %dpx, loaded in %.2fs (split %s)", name,
-             *(len(loaded[k]) for k in ("train", "val", "test")), dataset.image_size, load_time, split["digest"])
+    log.info("data: %s, %d/%d/%d train/val/test at %dpx, loaded in %.2fs (split %s%s)", name,
+             *(len(loaded[k]) for k in ("train", "val", "test")), dataset.image_size, load_time, split["digest"],
+             ", by subject: {}/{}/{} subjects".format(*split["subject_counts"]) if split.get("split_by") else "")
     return Data(split, loaded, load_time, monitor)
 
 

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(problem)
     if not problems:  # the split made from the case ids (a split file naming unknown cases, say)
         try:
-            split.make(dataset.case_ids())
+            ids = dataset.case_ids()
+            split.make(ids, subjects=dataset.read_subjects(ids))
         except SegbenchError as exc:
             problems.append(str(exc))
     if problems:

@@ -103,6 +103,11 @@ class SegDataset:
         """The case ids, without decoding any image where the dataset can list them from its files."""
         return self.ids
 
+    def read_subjects(self, ids: Sequence[str]) -> list[str] | None:
+        """Each case's subject (the patient or lesion it shows; splits keep a subject's cases in one part),
+        or None where the dataset gives none: every case is then its own subject."""
+        return None
+
     def check(self) -> tuple[list[str], int]:
         """Every problem that would stop training, without training: (problems, readable cases)."""
         return [], len(self.arrays)

@@ -71,6 +71,7 @@ class FileDataset(SegDataset):
         try:
             cases = self.find_cases(problems)
             self.read_groups([c for c, _, _ in cases])
+            self.read_subjects([c for c, _, _ in cases])
         except DataError as exc:
             return problems + [str(exc)], 0
         readable = 0

@@ -61,6 +61,12 @@ class Folder(FileDataset):
         num_classes: 1 for binary masks, C > 1 for class-index masks with values 0..C-1.
         class_names: names of the C classes (background first) for metric names; default class0..
         groups: a CSV file with columns ``id`` (image stem) and ``group``; null = no groups.
+        subjects: a CSV file with columns ``id`` (image stem) and ``subject`` (the patient or lesion), one row
+            per case: every split keeps a subject's cases in one part. null = every case its own subject.
+        subjects_metadata: a metadata CSV read for subjects where it exists and ``subjects`` is null, with
+            the columns ``metadata_columns`` (the ISIC Archive's export: ``isic_id``, ``lesion_id``); a case
+            it does not name, or names with an empty subject, is its own subject.
+        metadata_columns: the columns of ``subjects_metadata`` that hold the case id and its subject.
         name: the dataset's name in messages and cache files.
     """
 
@@ -69,7 +75,9 @@ class Folder(FileDataset):
     def __init__(self, root: str, images: str = "images", masks: str = "masks", mask_pattern: str = "{stem}.*",
                  image_pattern: str = "*", num_classes: int = 1, class_names: Sequence[str] | None = None,
                  groups: str | None = None, image_size: int = 256, cache_dir: str | None = None,
-                 workers: int = 4, name: str = "folder") -> None:
+                 workers: int = 4, name: str = "folder", subjects: str | None = None,
+                 subjects_metadata: str | None = None,
+                 metadata_columns: Sequence[str] = ("isic_id", "lesion_id")) -> None:
         if root is None or str(root) in ("", "???"):
             raise DataError("dataset.root is not set; expected the dataset's folder (dataset.root=/path/to/data)")
         super().__init__(root, image_size, cache_dir, workers)
@@ -88,6 +96,13 @@ class Folder(FileDataset):
             raise DataError(f"dataset.class_names has {len(names)} names; expected num_classes={self.num_classes}")
         self.class_names = names if self.num_classes > 1 else None
         self.groups_file = None if groups in (None, "") else str(groups)
+        self.subjects_file = None if subjects in (None, "") else str(subjects)
+        self.metadata_file = None if subjects_metadata in (None, "") else str(subjects_metadata)
+        columns = [str(c) for c in (metadata_columns or ())]
+        if len(columns) != 2 or not all(columns):
+            raise DataError(f"dataset.metadata_columns={list(metadata_columns or ())}: expected two column names, "
+                            "the case id's and the subject's, e.g. [isic_id, lesion_id]")
+        self.metadata_columns = columns
         self.name = str(name)
 
     def describe(self) -> str:
@@ -186,3 +201,34 @@ class Folder(FileDataset):
             raise DataError(f"dataset.groups: '{path}' has no group for {len(missing)} case(s), e.g. "
                             f"{', '.join(missing[:3])}; every case needs one")
         return [table[c] for c in ids]
+
+    def read_subjects(self, ids: Sequence[str]) -> list[str] | None:
+        """Each case's subject from ``subjects`` (every case named), else from ``subjects_metadata`` where
+        that file exists (an unnamed case alone); None without either."""
+        if self.subjects_file is not None:
+            return self._subjects_csv(self.subjects_file, "subjects", ("id", "subject"), required=True, ids=ids)
+        if self.metadata_file is not None:
+            return self._subjects_csv(self.metadata_file, "subjects_metadata", self.metadata_columns,
+                                      required=False, ids=ids)
+        return None
+
+    def _subjects_csv(self, name: str, key: str, columns: Sequence[str], required: bool,
+                      ids: Sequence[str]) -> list[str] | None:
+        path = Path(os.path.expanduser(name))
+        path = path if path.is_absolute() else self.root / path
+        id_column, subject_column = columns
+        expected = f"a CSV with columns {id_column},{subject_column}"
+        if not path.is_file():
+            if not required:
+                return None
+            raise DataError(f"dataset.{key}: '{path}' is not a file; expected {expected}")
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {id_column, subject_column} <= set(reader.fieldnames):
+                raise DataError(f"dataset.{key}: '{path}' has columns {reader.fieldnames}; expected {expected}")
+            table = {(row[id_column] or "").strip(): (row[subject_column] or "").strip() for row in reader}
+        missing = [c for c in ids if not table.get(c)]
+        if missing and required:
+            raise DataError(f"dataset.{key}: '{path}' has no {subject_column} for {len(missing)} case(s), e.g. "
+                            f"{', '.join(missing[:3])}; every case needs one")
+        return [table.get(c) or c for c in ids]

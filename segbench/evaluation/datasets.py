@@ -78,7 +78,7 @@ def external_cases(overrides: Sequence[str], part: str) -> Cases:
         splitter = build(cfg.split, "split")
         # a file dataset names its groups without decoding an image (the runs decode at their own sizes)
         groups = dataset.read_groups(ids) if isinstance(dataset, FileDataset) else dataset.groups
-        split = splitter.make(ids, groups, dataset.group_order, dataset.group_key)
+        split = splitter.make(ids, groups, dataset.group_order, dataset.group_key, dataset.read_subjects(ids))
         ids = split[part]
         description = f"the {part} part of {name}'s {splitter.name} split {split['digest']} ({dataset.describe()})"
     if not ids:

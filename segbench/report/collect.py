@@ -27,13 +27,16 @@ T = TypeVar("T")
 def split_family(split: dict) -> tuple:
     """What makes two runs' test sets comparable: the same holdout split, or folds of the same k-fold."""
     if split.get("strategy") == "kfold":
+        if split.get("split_by") == "subject":  # the parts' sizes vary by fold, within a subject's cases
+            return ("kfold", split.get("k"), split.get("seed"), "by subject")
         return ("kfold", split.get("k"), split.get("seed"), len(split.get("val", [])))
     return ("holdout", split.get("digest"))
 
 
 def describe_family(family: tuple) -> str:
     if family[0] == "kfold":
-        return f"{family[1]}-fold cross-validation (split seed {family[2]})"
+        by = " by subject" if family[3] == "by subject" else ""
+        return f"{family[1]}-fold cross-validation{by} (split seed {family[2]})"
     return f"holdout split {family[1]}"
 
 
@@ -75,6 +78,7 @@ class RunRecord:
     per_image: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     overrides: str = ""  # what varies among the report's runs (split_common_overrides)
+    split_by: str | None = None  # "subject" when split.json kept each subject's cases in one part
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -118,6 +122,7 @@ def load_run(run_dir: RunDir) -> RunRecord:
         error="; ".join(problems) or metrics.get("error", ""),
         split=metrics.get("split_digest") or split.get("digest", ""),
         family=split_family(split) if split else None,
+        split_by=split.get("split_by"),
         other=other,
         numbers={**numbers, "best_val": value},
         monitor=monitor,

@@ -155,6 +155,18 @@ def _baseline_key(table: Sequence[dict], wanted: dict[str, str]) -> tuple | None
 
 
 def _split_note(rows: Sequence[RunRecord]) -> str:
+    note = _family_note(rows)
+    split = [r for r in rows if r.family]
+    by_subject = [r for r in split if r.split_by == "subject"]
+    if by_subject and len(by_subject) == len(split):
+        note += " Split by subject (dataset.subjects): no subject has cases in two parts of a split."
+    elif by_subject:
+        note += (f" **{len(by_subject)} of the {len(split)} runs were split by subject** and the others by case: "
+                 "their test sets differ.")
+    return note
+
+
+def _family_note(rows: Sequence[RunRecord]) -> str:
     families = sorted({r.family for r in rows if r.family}, key=str)
     if not families:
         return "No split recorded."

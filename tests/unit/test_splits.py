@@ -88,3 +88,73 @@ def test_kfold_settings_are_checked():
     with pytest.raises(ValueError, match="train would be empty"):
         KFold(2, 0, val_size=5).make(IDS[:10])
     assert Holdout().make(IDS, GROUPS)["digest"] == Holdout().make(IDS, GROUPS)["digest"]
+
+
+# subjects: 200 cases of 80 subjects of 1 to 4 cases each (a subject's cases share its group)
+SIZES = [1, 2, 3, 4] * 20
+SUBJECTS = [f"S{k:02d}" for k, n in enumerate(SIZES) for _ in range(n)]
+SUBJECT_GROUPS = [("a", "b", "c", "a", "b")[k % 5] for k, n in enumerate(SIZES) for _ in range(n)]
+
+
+def _parts_of_subjects(split):
+    subject = dict(zip(IDS, SUBJECTS))
+    where = collections.defaultdict(set)
+    for part in ("train", "val", "test"):
+        for case in split[part]:
+            where[subject[case]].add(part)
+    return where
+
+
+def test_without_subjects_a_split_is_todays():
+    for split in (Holdout([100, 50, 50]), KFold(5, 2)):
+        made = split.make(IDS, GROUPS)
+        assert "split_by" not in made and "subjects" not in made
+        assert made == split.make(IDS, GROUPS, subjects=None)
+
+
+def test_kfold_by_subject_never_puts_a_subject_in_two_parts():
+    tests = []
+    for fold in range(5):
+        split = KFold(5, fold).make(IDS, SUBJECT_GROUPS, subjects=SUBJECTS)
+        assert all(len(parts) == 1 for parts in _parts_of_subjects(split).values())
+        assert split["split_by"] == "subject" and split["subjects"]["C000"] == "S00"
+        assert sum(split["sizes"]) == 200 and sum(split["subject_counts"]) == 80
+        assert 40 - 4 < len(split["test"]) < 40 + 4  # sizes within one subject's cases
+        tests.append(set(split["test"]))
+    assert set().union(*tests) == set(IDS) and sum(map(len, tests)) == 200  # every case a test case once
+    label = dict(zip(IDS, SUBJECT_GROUPS))
+    share = {g: n / 200 for g, n in collections.Counter(SUBJECT_GROUPS).items()}
+    for test in tests:  # stratified by the subjects' groups: each group near its share of all cases
+        counts = collections.Counter(label[c] for c in test)
+        assert all(abs(counts[g] / len(test) - share[g]) < 0.1 for g in share)
+
+
+def test_holdout_by_subject_keeps_the_sizes_within_a_subject_and_is_deterministic():
+    split = Holdout([100, 50, 50], seed=1).make(IDS, subjects=SUBJECTS)
+    assert all(len(parts) == 1 for parts in _parts_of_subjects(split).values())
+    assert all(abs(n - want) < 4 for n, want in zip(split["sizes"], [100, 50, 50]))
+    assert split == Holdout([100, 50, 50], seed=1).make(list(reversed(IDS)), subjects=list(reversed(SUBJECTS)))
+    assert split["digest"] != Holdout([100, 50, 50], seed=1).make(IDS)["digest"]
+    # one subject per case: the same parts as without subjects
+    alone = Holdout([100, 50, 50], seed=1).make(IDS, GROUPS, subjects=IDS)
+    assert {k: alone[k] for k in ("train", "val", "test")} == {k: v for k, v in Holdout(
+        [100, 50, 50], seed=1).make(IDS, GROUPS).items() if k in ("train", "val", "test")}
+
+
+def test_too_few_subjects_for_the_parts_are_named():
+    with pytest.raises(UserError, match=r"2 subjects for 6 cases leave no subject for the test part"):
+        Holdout([2, 2, 2]).make(IDS[:6], subjects=["x", "x", "x", "y", "y", "y"])
+
+
+def test_a_split_file_that_puts_a_subject_in_two_parts_is_refused(tmp_path):
+    from segbench.errors import DataError
+    from segbench.splits import FileSplit
+
+    ids, subjects = ["c0", "c1", "c2", "c3"], ["p1", "p1", "p2", "p3"]
+    path = tmp_path / "split.csv"
+    path.write_text("id,part\nc0,train\nc2,val\nc1,test\nc3,test\n")
+    with pytest.raises(DataError, match=r"subject 'p1' has case 'c0' in 'train' and case 'c1' in 'test'"):
+        FileSplit(str(path)).make(ids, subjects=subjects)
+    path.write_text("id,part\nc0,train\nc1,train\nc2,val\nc3,test\n")
+    made = FileSplit(str(path)).make(ids, subjects=subjects)
+    assert made["split_by"] == "subject" and made["subject_counts"] == [1, 1, 1]

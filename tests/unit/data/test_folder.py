@@ -269,3 +269,58 @@ def test_mandatory_keys_are_named_before_any_work():
         r"dataset.root=\.\.\. split.path=\.\.\. on the command line",
     ):
         validate(compose_cfg(["dataset=folder", "split=file"]))
+
+
+def test_subjects_csv_is_read_checked_and_optional_for_the_isic_metadata(tmp_path):
+    root = isic_tree(tmp_path, n=4)
+    ids = [f"ISIC_{i:07d}" for i in range(4)]
+    layout = {"images": "ISIC2018_Task1-2_Training_Input", "masks": "ISIC2018_Task1_Training_GroundTruth",
+              "mask_pattern": "{stem}_segmentation.png"}
+    (root / "subjects.csv").write_text("id,subject\n" + "".join(f"{c},P{i // 2}\n" for i, c in enumerate(ids)))
+    assert folder(root, **layout, subjects="subjects.csv").read_subjects(ids) == ["P0", "P0", "P1", "P1"]
+    assert folder(root, **layout).read_subjects(ids) is None
+    (root / "subjects.csv").write_text("id,subject\nISIC_0000000,P0\n")
+    with pytest.raises(DataError, match=r"subjects.csv' has no subject for 3 case\(s\), e.g. ISIC_0000001"):
+        folder(root, **layout, subjects="subjects.csv").read_subjects(ids)
+    with pytest.raises(DataError, match=r"dataset.subjects: '.*nothere.csv' is not a file; expected a CSV with "
+                                        r"columns id,subject"):
+        folder(root, **layout, subjects="nothere.csv").read_subjects(ids)
+    # the ISIC preset: lesion ids from the archive's metadata.csv when it is there; an image without one alone
+    cfg = compose_cfg(["dataset=isic2018", f"dataset.root={root}", f"cache_dir={tmp_path}"])
+    assert build(cfg.dataset, "dataset").read_subjects(ids) is None
+    (root / "metadata.csv").write_text("isic_id,attribution,lesion_id\nISIC_0000000,x,IL_1\nISIC_0000001,x,IL_1\n"
+                                       "ISIC_0000002,x,\n")
+    assert build(cfg.dataset, "dataset").read_subjects(ids) == ["IL_1", "IL_1", "ISIC_0000002", "ISIC_0000003"]
+    assert folder(root, **layout, subjects="subjects.csv", subjects_metadata="metadata.csv").read_subjects(
+        ids[:1]) == ["P0"]  # the user's subjects first
+    (root / "metadata.csv").write_text("image,lesion\nISIC_0000000,IL_1\n")
+    with pytest.raises(DataError, match=r"dataset.subjects_metadata: '.*metadata.csv' has columns \['image', "
+                                        r"'lesion'\]; expected a CSV with columns isic_id,lesion_id"):
+        build(cfg.dataset, "dataset").read_subjects(ids)
+
+
+def test_a_kfold_study_by_subject_never_puts_a_subject_in_two_parts_of_any_fold(tmp_path):
+    """Three folds of a folder dataset whose 12 images are of 5 subjects, and their report."""
+    from segbench.report import build_report
+    from segbench.runs import RunDir
+
+    root = isic_tree(tmp_path / "isic", n=12)
+    subject = {f"ISIC_{i:07d}": f"P{i % 5}" for i in range(12)}
+    (root / "subjects.csv").write_text("id,subject\n" + "".join(f"{c},{s}\n" for c, s in subject.items()))
+    tiny = [a for a in TINY if not a.startswith(("dataset", "split"))]
+    sweep, tests = tmp_path / "sweep", []
+    for fold in range(3):
+        run(compose_cfg([*tiny, "dataset=isic2018", f"dataset.root={root}", "dataset.subjects=subjects.csv",
+                         "dataset.image_size=32", f"cache_dir={tmp_path}", "split=kfold", "split.k=3",
+                         f"split.fold={fold}", "split.val_size=2", "trainer.epochs=1",
+                         f"output_dir={sweep / f'fold{fold}'}"]))
+        saved = json.loads((sweep / f"fold{fold}" / "split.json").read_text())
+        assert saved["split_by"] == "subject" and saved["subjects"] == subject
+        parts = {part: {subject[c] for c in saved[part]} for part in ("train", "val", "test")}
+        assert not (parts["train"] & parts["val"] or parts["train"] & parts["test"] or parts["val"] & parts["test"])
+        tests.append(saved["test"])
+    assert sorted(c for test in tests for c in test) == sorted(subject)  # every case a test case once
+    build_report([RunDir(sweep / f"fold{f}") for f in range(3)], sweep)
+    summary = (sweep / "summary.md").read_text()
+    assert "All runs use one 3-fold cross-validation by subject (split seed 0) (3 folds run)." in summary
+    assert "Split by subject (dataset.subjects): no subject has cases in two parts" in summary
