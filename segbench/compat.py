@@ -43,7 +43,7 @@ def upgrade_config(config: dict) -> dict:
     dataset = config.get("dataset") or {}
     folder = str(dataset.get("_target_", "")).endswith(".Folder")
     if (not set(MOVED_CALLBACKS) & set(trainer) and {"monitor", "val_every", "sync_batchnorm"} <= set(trainer)
-            and (not folder or "subjects" in dataset)):
+            and (not folder or "subjects" in dataset) and "calibration" in (config.get("eval") or {"calibration": 0})):
         return config
     config = copy.deepcopy(config)
     trainer = config.setdefault("trainer", {})
@@ -59,6 +59,8 @@ def upgrade_config(config: dict) -> dict:
     trainer.setdefault("monitor", DEFAULT_MONITOR)
     trainer.setdefault("monitor_mode", "auto")
     trainer.setdefault("sync_batchnorm", "auto")  # added with data-parallel runs; one process never uses it
+    if config.get("eval") is not None:
+        config["eval"].setdefault("calibration", "none")  # added with calibration: the scores of before, and more
     if folder:  # added with subject-grouped splits: none, every case its own subject (the splits of before)
         dataset = config["dataset"]
         dataset.setdefault("subjects", None)

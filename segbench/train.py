@@ -366,10 +366,16 @@ def record(run_dir: RunDir, where: Setup, parts: Parts, data: Data, fitted: Fitt
     log.info("test (best epoch %d, threshold %.2f, %s resolution): iou %.4f  dice %.4f  iou_score %.4f  hd95 %.2f  "
              "loss %.4f", fitted.best.epoch, result.threshold, where.evaluation.resolution, metrics["test/iou"],
              metrics["test/dice"], metrics["test/iou_score"], metrics["test/hd95"], metrics["test/loss"])
+    log.info("test calibration: ece %.4f  brier %.4f%s", metrics["test/ece"], metrics["test/brier"],
+             "" if "temperature" not in metrics else "; with temperature %.3f fitted on val: ece %.4f  brier %.4f"
+             % (metrics["temperature"], metrics["test/ece_temperature"], metrics["test/brier_temperature"]))
     if distributed.current().main:
-        from .report.figures import plot_curves, plot_predictions
+        from .report.figures import plot_curves, plot_predictions, plot_reliability
 
         plot_curves(run_dir, f"{names['model']} / {names['loss']} / {names['dataset']}")
+        if metrics.get("calibration"):
+            plot_reliability([("test", metrics["calibration"], metrics["test/ece"])], run_dir.reliability_png,
+                             f"{names['model']} / {names['loss']}: test pixels")
         plot_predictions(run_dir, test_part, result.logits, result.threshold, where.evaluation.num_predictions,
                          result.per_image["iou"], dataset.class_names, where.evaluation.postprocess)
     trainer.run_end(metrics, run_dir)  # loggers send the results on

@@ -33,6 +33,7 @@ from .scoring import (
     describe_scoring,
     image_means,
     per_image,
+    pooled_reliability,
     predict_tta,
     score_test,
 )
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 PARTS = ("all", "train", "val", "test")
 OVERRIDE_GROUPS = ("dataset", "split", "cache_dir")  # what evaluate takes of the config
-REPLACED = ("test/", "val_final/", "by_")  # what scoring replaces in a run's metrics.json
+REPLACED = ("test/", "val_final/", "by_", "calibration", "temperature")  # what scoring replaces in metrics.json
 CHUNK = 32  # cases predicted at once: memory stays bounded on a large dataset scored at original size
 ENSEMBLE_DIR = "ensemble"
 
@@ -127,6 +128,7 @@ def _means(dataset: SegDataset, groups: list[str] | None, columns: dict[str, lis
     metrics: dict[str, Any] = dict(image_means(columns))
     if groups is not None:
         metrics[f"by_{dataset.group_key or 'group'}"] = by_group(columns, groups, dataset.group_order)
+    metrics["calibration"] = pooled_reliability(columns)
     return metrics
 
 

@@ -28,6 +28,7 @@ from ..metrics import (
     micro,
 )
 from ..validation import InvalidValue, check_choice, check_int, is_number
+from . import calibration as cal
 
 THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]
 TTA_MODES = ("none", "flips", "d4")
@@ -53,6 +54,7 @@ class EvalSettings:
     tta: str = "none"  # none | flips | d4
     postprocess: str = "none"  # none | largest
     num_predictions: int = 6  # test cases drawn in predictions.png
+    calibration: str = "none"  # none | temperature: also fit a temperature on val and score the scaled probabilities
 
     def __post_init__(self) -> None:
         if self.threshold != "auto":
@@ -63,13 +65,15 @@ class EvalSettings:
         check_choice("eval.tta", self.tta, TTA_MODES)
         check_choice("eval.postprocess", self.postprocess, POSTPROCESS)
         check_int("eval.num_predictions", self.num_predictions, low=1)
+        check_choice("eval.calibration", self.calibration, cal.CALIBRATION)
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None) -> "EvalSettings":
         """From a config's ``eval`` node (a DictConfig or a saved config's dict); missing keys take the
         defaults above, which are conf/config.yaml's."""
         node = node or {}
-        known = {k: node[k] for k in ("threshold", "resolution", "tta", "postprocess", "num_predictions") if k in node}
+        keys = ("threshold", "resolution", "tta", "postprocess", "num_predictions", "calibration")
+        known = {k: node[k] for k in keys if k in node}
         return cls(**known)
 
     @property
@@ -181,21 +185,44 @@ def per_image(
     tensor or N (1, C, H_i, W_i) ones. ``masks`` may be one (N, 1, H, W) tensor, or N (H0, W0) masks at
     their original sizes, in which case each logit map is resized (bilinear) to its mask first;
     ``postprocess`` is applied to each prediction at the size it is scored at. Multi-class logits
-    are scored per foreground class (:data:`segbench.metrics.DEFINITIONS` ``classes``)."""
+    are scored per foreground class (:data:`segbench.metrics.DEFINITIONS` ``classes``). Each image's
+    calibration (:mod:`segbench.evaluation.calibration`) is in ``ece`` and ``brier``, and its statistics in
+    ``_calibration``, from which :func:`image_means` pools the pixels."""
     columns: dict[str, list[float]] = {}
     for i in range(len(logits)):
-        mask = torch.as_tensor(masks[i]).reshape(1, 1, *masks[i].shape[-2:])
-        logit = (logits[i : i + 1] if isinstance(logits, torch.Tensor) else logits[i]).float()
-        if logit.shape[-2:] != mask.shape[-2:]:
-            logit = F.interpolate(logit, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        logit, mask = _scored(logits, masks, i)
         pred = decide(logit, threshold, postprocess)
         if logit.shape[1] == 1:
             values = _binary_values(pred, mask > 0)
         else:
             values = _class_values(pred, mask.long(), logit.shape[1], class_names)
+        stats = cal.image_stats(logit, mask)
+        values.update(ece=cal.ece(stats), brier=cal.brier(stats), _calibration=stats)
         for k, v in values.items():
             columns.setdefault(k, []).append(v)
     return columns
+
+
+def _scored(logits: torch.Tensor | Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | torch.Tensor,
+            i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image ``i``'s logits (1, C, H, W), float, at the size of its mask (1, 1, H, W) (bilinear)."""
+    mask = torch.as_tensor(masks[i]).reshape(1, 1, *masks[i].shape[-2:])
+    logit = (logits[i : i + 1] if isinstance(logits, torch.Tensor) else logits[i]).float()
+    if logit.shape[-2:] != mask.shape[-2:]:
+        logit = F.interpolate(logit, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+    return logit, mask
+
+
+def temperature_scaled(val_logits: torch.Tensor, val_masks: Any, logits: torch.Tensor, masks: Any,
+                       prefix: str = "test/") -> dict[str, float]:
+    """``eval.calibration=temperature``: the temperature fitted on val (its NLL at the scored size), and the
+    ECE and Brier of the test probabilities divided by it (the masks, thresholded before, are unchanged)."""
+    val = [_scored(val_logits, val_masks, i) for i in range(len(val_logits))]
+    temperature = cal.fit_temperature([lg for lg, _ in val], [m for _, m in val])
+    stats = np.sum([cal.image_stats(lg / temperature, m) for lg, m in
+                    (_scored(logits, masks, i) for i in range(len(logits)))], axis=0)
+    return {"temperature": temperature, f"{prefix}ece_temperature": cal.ece(stats),
+            f"{prefix}brier_temperature": cal.brier(stats)}
 
 
 def _binary_values(pred: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
@@ -225,17 +252,27 @@ def _class_values(pred: torch.Tensor, mask: torch.Tensor, num_classes: int,
 
 def image_means(columns: dict[str, list[float]], prefix: str = "test/") -> dict[str, float]:
     """The per-image columns of :func:`per_image` as means over images (NaN Hausdorff values left out and
-    counted), and micro ratios (the confusion counts summed first)."""
+    counted), and micro ratios (the confusion counts summed first); ECE and Brier over all the images'
+    pixels."""
     out: dict[str, float] = {}
     for k, values in columns.items():
-        if k in ("tp", "fp", "fn", "tn"):
+        if k in ("tp", "fp", "fn", "tn") or k.startswith("_"):
             continue
         arr = np.asarray(values, dtype=float)
         out[f"{prefix}{k}"] = float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan
     out[f"{prefix}hd_undefined"] = int(np.isnan(np.asarray(columns["hd"], dtype=float)).sum())
     counts = {k: torch.tensor(columns[k]) for k in ("tp", "fp", "fn", "tn")}
     out.update({f"{prefix}{k}_micro": v for k, v in micro(counts).items()})
+    if columns.get("_calibration"):
+        pooled = np.sum(columns["_calibration"], axis=0)
+        out[f"{prefix}ece"], out[f"{prefix}brier"] = cal.ece(pooled), cal.brier(pooled)
     return out
+
+
+def pooled_reliability(columns: dict[str, list]) -> dict | None:
+    """The reliability diagram of all the images of :func:`per_image` columns (None without them)."""
+    stats = columns.get("_calibration")
+    return cal.reliability(np.sum(stats, axis=0)) if stats else None
 
 
 def by_group(columns: dict[str, list[float]], groups: Sequence[str], order: Sequence[str] = ()) -> dict[str, dict]:
@@ -258,6 +295,7 @@ def describe_scoring(threshold: float, threshold_mode: str, input_size: int | No
     scored. ``input_size`` None: at each image's original size."""
     return {
         **DEFINITIONS,
+        **cal.DEFINITIONS,
         "threshold": threshold,
         "threshold_mode": threshold_mode,
         "resolution": "original image size (predictions resized bilinearly)" if input_size is None
@@ -321,4 +359,10 @@ def score_test(
                **{k: v for k, v in val_means.items() if k.split("/")[1] in ("iou", "dice", "hd95", "iou_score")}}
     if test_part.groups is not None:
         metrics[f"by_{dataset.group_key or 'group'}"] = by_group(columns, test_part.groups, dataset.group_order)
+    metrics["calibration"] = pooled_reliability(columns)
+    if settings.calibration == "temperature":
+        metrics.update(temperature_scaled(val_logits, masks_of(val), logits, masks_of(test_part)))
+        definitions["temperature"] = ("eval.calibration=temperature: T minimising the val pixels' NLL of "
+                                      "logits / T; test/ece_temperature and test/brier_temperature score the "
+                                      "test probabilities of logits / T (the masks are those of the logits)")
     return TestResult(chosen, logits, columns, metrics, definitions)

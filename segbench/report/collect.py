@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 SCORES = ["test/iou", "test/dice", "test/iou_score"]
 # the numbers of metrics.json a report shows per run ("best_val" is the monitored value that chose the checkpoint)
-NUMBERS = [*SCORES, "test/hd95", "best_val", "best_epoch", "params", "train_time_s", "images_per_s"]
+NUMBERS = [*SCORES, "test/hd95", "test/ece", "test/brier", "best_val", "best_epoch", "params", "train_time_s",
+           "images_per_s"]
 # overrides shown in their own columns, or aggregated over (seeds, and the folds of a cross-validation)
 COLUMN_KEYS = ("model", "loss", "seed", "split.fold")
 
@@ -79,6 +80,7 @@ class RunRecord:
     provenance: dict = field(default_factory=dict)
     overrides: str = ""  # what varies among the report's runs (split_common_overrides)
     split_by: str | None = None  # "subject" when split.json kept each subject's cases in one part
+    calibration: dict | None = None  # metrics.json's reliability diagram of its test pixels
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -123,6 +125,7 @@ def load_run(run_dir: RunDir) -> RunRecord:
         split=metrics.get("split_digest") or split.get("digest", ""),
         family=split_family(split) if split else None,
         split_by=split.get("split_by"),
+        calibration=metrics.get("calibration") if metrics.get("status") == "done" else None,
         other=other,
         numbers={**numbers, "best_val": value},
         monitor=monitor,

@@ -77,10 +77,10 @@ def _markdown(table: Sequence[dict], rows: Sequence[RunRecord], split_note: str,
         "",
         f"Overrides shared by all runs: `{' '.join(common)}`" if common else "No overrides shared by all runs.",
         "",
-        "| rank | model | loss | overrides | test IoU | test Dice | thr. IoU | test HD95 (px) | "
-        f"best {_monitors(rows)} "
+        "| rank | model | loss | overrides | test IoU | test Dice | thr. IoU | test HD95 (px) | test ECE | test Brier "
+        f"| best {_monitors(rows)} "
         "| best epoch | params | train time (s) | images/s | runs | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(table, 1):
         sd = (lambda k: r[f"{k}_std"]) if r["done"] > 1 else (lambda k: None)
@@ -89,7 +89,8 @@ def _markdown(table: Sequence[dict], rows: Sequence[RunRecord], split_note: str,
         lines.append(
             f"| {i} | {r['model']} | {r['loss']} | {r['overrides'] or '-'} | {_fmt(r['test/iou'], sd('test/iou'))} "
             f"| {_fmt(r['test/dice'], sd('test/dice'))} | {_fmt(r['test/iou_score'], sd('test/iou_score'))} "
-            f"| {_fmt(r['test/hd95'], sd('test/hd95'), digits=1)} | {_fmt(r['best_val'], sd('best_val'))} "
+            f"| {_fmt(r['test/hd95'], sd('test/hd95'), digits=1)} | {_fmt(r['test/ece'], sd('test/ece'), digits=4)} "
+            f"| {_fmt(r['test/brier'], sd('test/brier'), digits=4)} | {_fmt(r['best_val'], sd('best_val'))} "
             f"| {_fmt(r['best_epoch'], digits=1)} | {params} | {_fmt(r['train_time_s'], digits=1)} "
             f"| {_fmt(r['images_per_s'], digits=1)} | {r['runs']} | {status} |"
         )
@@ -152,6 +153,46 @@ def _baseline_key(table: Sequence[dict], wanted: dict[str, str]) -> tuple | None
         if all(have.get(k) == v for k, v in wanted.items()):
             return (r["model"], r["loss"], r["overrides"])
     return None
+
+
+RELIABILITY_PNG = "reliability.png"
+
+
+def pooled_diagram(runs: Sequence[RunRecord]) -> dict | None:
+    """The reliability diagram of all the test pixels of ``runs`` (their metrics.json's, summed), None when
+    one has none (a run of before calibration, or not done), and its ECE."""
+    diagrams = [r.calibration for r in runs]
+    if not diagrams or any(not d for d in diagrams) or len({d["bins"] for d in diagrams}) > 1:
+        return None
+    bins = diagrams[0]["bins"]
+    pixels = [sum(d["pixels"][k] for d in diagrams) for k in range(bins)]
+    sums = {key: [sum((d[key][k] or 0.0) * d["pixels"][k] for d in diagrams) for k in range(bins)]
+            for key in ("confidence", "outcome")}
+    diagram = {"bins": bins, "pixels": pixels,
+               **{key: [v / n if n else None for v, n in zip(sums[key], pixels)] for key in sums}}
+    diagram["ece"] = sum(abs(c - o) for c, o in zip(sums["confidence"], sums["outcome"])) / max(1, sum(pixels))
+    return diagram
+
+
+def _calibration(groups: dict[tuple, list[RunRecord]], configs: Sequence, reference_label: str | None,
+                 out_dir: Path) -> list[str]:
+    """summary.md's calibration section and :data:`RELIABILITY_PNG`: the reference and the runner-up by IoU."""
+    from .figures import plot_reliability
+
+    reference = next((c for c in configs if c.label == reference_label), None)
+    shown = [c for c in (reference, gallery.runner_up(configs, reference)) if c is not None]
+    drawn = [(c.label, d, d["ece"]) for c in shown if (d := pooled_diagram(groups[c.key]))]
+    if not drawn:
+        return []
+    plot_reliability(drawn, out_dir / RELIABILITY_PNG, "test pixels of each configuration's runs")
+    return ["", "## Calibration", "",
+            "How far to trust the probabilities: expected calibration error (ECE, 15 equal-width confidence bins "
+            "over every test pixel) and Brier score per configuration are in the table above; "
+            f"`{RELIABILITY_PNG}` draws the reliability of "
+            + " and ".join(f"**{label}** (ECE {error:.4f} over its runs' pixels)" for label, _, error in drawn)
+            + ". Binary masks: where the line is below the diagonal the foreground probability is too high, above "
+            "it too low; a line steeper than the diagonal is under-confident (probabilities too close to 0.5), "
+            "flatter over-confident.", ""]
 
 
 def _split_note(rows: Sequence[RunRecord]) -> str:
@@ -237,6 +278,7 @@ def build_report(run_dirs: Sequence[RunDir], out_dir: Path, metric: str = "iou",
     markdown = _markdown(table, rows, split_note, common, classes) + "\n".join(statistics_markdown(result, metric))
     by_iou = result if metric == "iou" else statistics(pooled, "iou", key if wanted else None)
     markdown += "\n".join(gallery.draw(configurations(rows), pooled, by_iou["reference"], out_dir))
+    markdown += "\n".join(_calibration(configurations(rows), pooled, by_iou["reference"], out_dir))
     search = out_dir / "search.md"  # a search's own part (segbench.search.report), written before the report
     if search.is_file():
         markdown += "\n" + search.read_text()

@@ -58,6 +58,7 @@ class RunDir:
         self.best_pt = self.checkpoints / "best.pt"
         self.curves_png = self.path / "curves.png"
         self.predictions_png = self.path / "predictions.png"
+        self.reliability_png = self.path / "reliability.png"
         self.augmentations_png = self.path / "augmentations.png"
         self.run_json = self.path / "run.json"
         self.accepted = self.hydra / "accepted"
@@ -117,6 +118,7 @@ class RunDir:
                         groups: Sequence[str] | None = None, group_key: str | None = None) -> None:
         """One row per test case: case id, its group (e.g. PH2 diagnosis) when known, every metric, counts."""
         group_column = group_key or "group"
+        rows = {k: v for k, v in rows.items() if not k.startswith("_")}  # private: e.g. calibration statistics
         metrics = [k for k in rows if k not in COUNT_COLUMNS]
         columns = ["case", group_column, *metrics, *[k for k in COUNT_COLUMNS if k in rows]]
         table = [{"case": case, group_column: "" if groups is None else groups[i], **{k: rows[k][i] for k in rows}}
@@ -182,7 +184,7 @@ class RunDir:
         return True
 
     RESULTS = ("metrics_json", "history_csv", "per_image_csv", "split_json", "curves_png", "predictions_png",
-               "augmentations_png", "last_pt", "best_pt", "run_json")
+               "reliability_png", "augmentations_png", "last_pt", "best_pt", "run_json")
 
     def remove_results(self) -> list[str]:
         """Delete what a run wrote (metrics, history, checkpoints, plots, split, record); train.log and

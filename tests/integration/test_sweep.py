@@ -49,9 +49,14 @@ def test_tiny_sweep_writes_the_report_and_aggregates_seeds(tmp_path):
         ]
         assert float(r["test/iou"]) == pytest.approx(statistics.mean(runs))
         assert float(r["test/iou_std"]) == pytest.approx(statistics.stdev(runs))
+        eces = [json.loads((root / f"model={r['model']},seed={s}" / "metrics.json").read_text())["test/ece"]
+                for s in (0, 1)]
+        assert float(r["test/ece"]) == pytest.approx(statistics.mean(eces))
     summary = (root / "summary.md").read_text()
     assert "All runs use the same split" in summary and summary.count("| done |") == 2 and "±" in summary
-    for png in PLOTS:
+    assert "| test ECE | test Brier |" in summary and "\n\n## Calibration\n" in summary
+    assert f"**{rows[0]['model']} / bce** (ECE " in summary and f"**{rows[1]['model']} / bce** (ECE " in summary
+    for png in [*PLOTS, "reliability.png"]:
         assert (root / png).read_bytes()[:4] == b"\x89PNG", png
 
 

@@ -251,6 +251,11 @@ def test_evaluate_ensemble_and_predict_ensemble(runs, data, tmp_path, capsys):
     assert metrics["definitions"]["resolution"].startswith("original")  # B scores at the original size
     assert [r["case"] for r in rows(out / "ensemble")] == [f"case{i}" for i in range(8)]
     assert "ensemble=2" in (out / "summary.md").read_text()
+    # its calibration: of the mean probabilities, every pixel at the original size, and per image
+    assert 0 <= metrics["test/ece"] <= 1 and 0 <= metrics["test/brier"] <= 1
+    assert sum(metrics["calibration"]["pixels"]) == sum(float(r[k]) for r in rows(out / "ensemble")
+                                                        for k in ("tp", "fp", "fn", "tn"))
+    assert all(0 <= float(r["ece"]) <= 1 for r in rows(out / "ensemble"))
     # the ensemble's scores are its masks' (Ensemble.predict_images) against the masks
     ensemble = Ensemble.of([load_trained(a), load_trained(b)], postprocess="largest")
     image = np.asarray(Image.open(data / "images" / "case0.png"))
