@@ -16,6 +16,7 @@ from ..runs import RunDir
 from ..runs.atomic import write_csv
 from . import gallery, plots
 from .collect import NUMBERS, RunRecord, configurations, describe_family, load_run, split_common_overrides
+from .html import write_html
 from .pooling import Comparison, pairwise, pool, statistics
 from .pooling import markdown as statistics_markdown
 
@@ -289,6 +290,7 @@ def build_report(run_dirs: Sequence[RunDir], out_dir: Path, metric: str = "iou",
     plots.curves(rows, "val/loss", "val loss", out_dir / "val_loss_curves.png")
     plots.bars(table, out_dir / "test_scores.png")
     plots.heatmap(table, out_dir / "heatmap_test_iou.png")
+    write_html(markdown, out_dir, f"segbench comparison: {out_dir.name}")  # the same, as one page with its figures
     counts = {"runs": len(rows), "configs": len(table), "done": sum(r.done for r in rows),
               "failed": sum(r.status == "failed" for r in rows), "pruned": sum(r.status == "pruned" for r in rows),
               "splits": len(splits)}

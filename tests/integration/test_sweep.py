@@ -56,6 +56,7 @@ def test_tiny_sweep_writes_the_report_and_aggregates_seeds(tmp_path):
     assert "All runs use the same split" in summary and summary.count("| done |") == 2 and "±" in summary
     assert "| test ECE | test Brier |" in summary and "\n\n## Calibration\n" in summary
     assert f"**{rows[0]['model']} / bce** (ECE " in summary and f"**{rows[1]['model']} / bce** (ECE " in summary
+    assert "<table>" in (root / "summary.html").read_text()  # the same report as a page
     for png in [*PLOTS, "reliability.png"]:
         assert (root / png).read_bytes()[:4] == b"\x89PNG", png
 

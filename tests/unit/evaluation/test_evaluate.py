@@ -250,7 +250,7 @@ def test_evaluate_ensemble_and_predict_ensemble(runs, data, tmp_path, capsys):
     assert metrics["evaluated"]["ensemble"] == [str(a.resolve()), str(b.resolve())]
     assert metrics["definitions"]["resolution"].startswith("original")  # B scores at the original size
     assert [r["case"] for r in rows(out / "ensemble")] == [f"case{i}" for i in range(8)]
-    assert "ensemble=2" in (out / "summary.md").read_text()
+    assert "ensemble=2" in (out / "summary.md").read_text() and "ensemble=2" in (out / "summary.html").read_text()
     # its calibration: of the mean probabilities, every pixel at the original size, and per image
     assert 0 <= metrics["test/ece"] <= 1 and 0 <= metrics["test/brier"] <= 1
     assert sum(metrics["calibration"]["pixels"]) == sum(float(r[k]) for r in rows(out / "ensemble")
