@@ -19,8 +19,8 @@ BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "googl
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    for loss in ("bce", "dice"):
-        run(compose_cfg([*TINY, f"loss={loss}", f"output_dir={out / loss}"]))
+    for model, loss in (("unet", "bce"), ("segnet", "dice")):  # two sizes of network: params differ
+        run(compose_cfg([*TINY, f"model={model}", f"loss={loss}", f"output_dir={out / loss}"]))
     build_report([RunDir(out / "bce"), RunDir(out / "dice")], out)
     return out
 
@@ -55,3 +55,28 @@ def test_chromium_renders_the_tables_and_the_figures(report, tmp_path):
     assert header > 1000  # the tables' header rows are drawn
     plotted = np.all(np.abs(pixels.astype(int) - [0x1F, 0x77, 0xB4]) <= 12, axis=1).sum()
     assert plotted > 200  # matplotlib's first line colour: the embedded figures are drawn
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium installed (apt-get install chromium); .ci/run installs it")
+def test_a_click_on_a_header_sorts_the_table(report, tmp_path):
+    """The page's own script, clicked by a copy of the page (as a reader would click): the ranking table by
+    parameter count (numbers with thousands separators) and by loss (text), both ways."""
+    clicks = """<script>
+    const table = document.querySelector("table");
+    function sorted(name) {
+      const header = Array.from(table.tHead.rows[0].cells).find(th => th.textContent.trim() === name);
+      const column = Array.from(header.parentNode.cells).indexOf(header);
+      const order = () => Array.from(table.tBodies[0].rows).map(r => r.cells[column].textContent.trim()).join(";");
+      header.click(); const up = order(); header.click(); return [up, order()];
+    }
+    [document.body.dataset.up, document.body.dataset.down] = sorted("params");
+    [document.body.dataset.textUp, document.body.dataset.textDown] = sorted("loss");
+    </script></body>"""
+    page = tmp_path / "clicked.html"
+    page.write_text((report / "summary.html").read_text().replace("</body>", clicks))
+    dom = _browser("--dump-dom", page.as_uri()).stdout
+    up = re.search(r'data-up="([^"]*)"', dom).group(1).split(";")
+    down = re.search(r'data-down="([^"]*)"', dom).group(1).split(";")
+    values = [int(v.replace(",", "")) for v in up]
+    assert len(values) == 2 and values[0] < values[1] and down == up[::-1]
+    assert 'data-text-up="BCELoss;DiceLoss"' in dom and 'data-text-down="DiceLoss;BCELoss"' in dom
