@@ -235,8 +235,8 @@ def test_two_workers_finish_one_postgresql_study_and_a_killed_trial_is_retried(t
     deadline, victim = time.time() + 120, None
     while victim is None and time.time() < deadline:
         for t in _trials_of(postgres_url):
-            if t.state == TrialState.RUNNING and t.user_attrs.get(PID) == killed.pid and \
-                    (sweep / t.user_attrs[DIR] / "checkpoints" / "last.pt").is_file():
+            if t.state == TrialState.RUNNING and t.user_attrs.get(PID) == killed.pid and t.user_attrs.get(DIR) and \
+                    (sweep / t.user_attrs[DIR] / "checkpoints" / "last.pt").is_file():  # its dir is set after its pid
                 victim = t
         time.sleep(0.05)
     assert victim is not None, "the first worker never had a trial with an epoch done"
