@@ -187,48 +187,40 @@ class Folder(FileDataset):
         """Each case's group from the groups CSV (columns ``id``, ``group``), or None without one."""
         if self.groups_file is None:
             return None
-        path = Path(os.path.expanduser(self.groups_file))
-        path = path if path.is_absolute() else self.root / path
-        if not path.is_file():
-            raise DataError(f"dataset.groups: '{path}' is not a file; expected a CSV with columns id,group")
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"id", "group"} <= set(reader.fieldnames):
-                raise DataError(f"dataset.groups: '{path}' has columns {reader.fieldnames}; expected id,group")
-            table = {row["id"].strip(): row["group"].strip() for row in reader}
-        missing = [c for c in ids if c not in table]
-        if missing:
-            raise DataError(f"dataset.groups: '{path}' has no group for {len(missing)} case(s), e.g. "
-                            f"{', '.join(missing[:3])}; every case needs one")
-        return [table[c] for c in ids]
+        return self._case_column(self.groups_file, "groups", ("id", "group"), ids)
 
     def read_subjects(self, ids: Sequence[str]) -> list[str] | None:
         """Each case's subject from ``subjects`` (every case named), else from ``subjects_metadata`` where
         that file exists (an unnamed case alone); None without either."""
         if self.subjects_file is not None:
-            return self._subjects_csv(self.subjects_file, "subjects", ("id", "subject"), required=True, ids=ids)
+            return self._case_column(self.subjects_file, "subjects", ("id", "subject"), ids, empty_is_missing=True)
         if self.metadata_file is not None:
-            return self._subjects_csv(self.metadata_file, "subjects_metadata", self.metadata_columns,
-                                      required=False, ids=ids)
+            return self._case_column(self.metadata_file, "subjects_metadata", self.metadata_columns, ids,
+                                     required=False)
         return None
 
-    def _subjects_csv(self, name: str, key: str, columns: Sequence[str], required: bool,
-                      ids: Sequence[str]) -> list[str] | None:
+    def _case_column(self, name: str, key: str, columns: Sequence[str], ids: Sequence[str], required: bool = True,
+                     empty_is_missing: bool = False) -> list[str] | None:
+        """The value of each of ``ids`` in a CSV file of ``dataset.<key>`` (relative to the root), from its
+        ``columns`` (the case id's, the value's). ``required``: the file and every case's value must be
+        there, else a DataError naming the file; otherwise a missing file is None and a case without a
+        value (or, ``empty_is_missing``, an empty one) is its own id."""
         path = Path(os.path.expanduser(name))
         path = path if path.is_absolute() else self.root / path
-        id_column, subject_column = columns
-        expected = f"a CSV with columns {id_column},{subject_column}"
+        id_column, value_column = columns
+        expected = f"a CSV with columns {id_column},{value_column}"
         if not path.is_file():
             if not required:
                 return None
             raise DataError(f"dataset.{key}: '{path}' is not a file; expected {expected}")
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            if not reader.fieldnames or not {id_column, subject_column} <= set(reader.fieldnames):
+            if not reader.fieldnames or not {id_column, value_column} <= set(reader.fieldnames):
                 raise DataError(f"dataset.{key}: '{path}' has columns {reader.fieldnames}; expected {expected}")
-            table = {(row[id_column] or "").strip(): (row[subject_column] or "").strip() for row in reader}
-        missing = [c for c in ids if not table.get(c)]
+            table = {(row[id_column] or "").strip(): (row[value_column] or "").strip() for row in reader}
+        empty_is_missing = empty_is_missing or not required
+        missing = [c for c in ids if c not in table or (empty_is_missing and not table[c])]
         if missing and required:
-            raise DataError(f"dataset.{key}: '{path}' has no {subject_column} for {len(missing)} case(s), e.g. "
+            raise DataError(f"dataset.{key}: '{path}' has no {value_column} for {len(missing)} case(s), e.g. "
                             f"{', '.join(missing[:3])}; every case needs one")
-        return [table.get(c) or c for c in ids]
+        return [table.get(c) or c for c in ids] if not required else [table[c] for c in ids]
