@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..evaluation.calibration import ece, reliability
 from ..runs import RunDir
 from ..runs.atomic import write_csv
 from . import gallery, plots
@@ -160,19 +161,16 @@ RELIABILITY_PNG = "reliability.png"
 
 
 def pooled_diagram(runs: Sequence[RunRecord]) -> dict | None:
-    """The reliability diagram of all the test pixels of ``runs`` (their metrics.json's, summed), None when
-    one has none (a run of before calibration, or not done), and its ECE."""
+    """The reliability diagram of all the test pixels of ``runs`` (their metrics.json's, summed), with its
+    ECE; None when one has none (a run of before calibration, or not done)."""
     diagrams = [r.calibration for r in runs]
     if not diagrams or any(not d for d in diagrams) or len({d["bins"] for d in diagrams}) > 1:
         return None
-    bins = diagrams[0]["bins"]
-    pixels = [sum(d["pixels"][k] for d in diagrams) for k in range(bins)]
-    sums = {key: [sum((d[key][k] or 0.0) * d["pixels"][k] for d in diagrams) for k in range(bins)]
-            for key in ("confidence", "outcome")}
-    diagram = {"bins": bins, "pixels": pixels,
-               **{key: [v / n if n else None for v, n in zip(sums[key], pixels)] for key in sums}}
-    diagram["ece"] = sum(abs(c - o) for c, o in zip(sums["confidence"], sums["outcome"])) / max(1, sum(pixels))
-    return diagram
+    pixels = np.sum([d["pixels"] for d in diagrams], axis=0)
+    sums = [np.sum([[(m or 0.0) * n for m, n in zip(d[key], d["pixels"])] for d in diagrams], axis=0)
+            for key in ("confidence", "outcome")]
+    stats = np.concatenate([pixels, *sums, [math.nan, pixels.sum()]])  # calibration.image_stats' layout; no Brier
+    return {**reliability(stats), "ece": ece(stats)}
 
 
 def _calibration(groups: dict[tuple, list[RunRecord]], configs: Sequence, reference_label: str | None,
