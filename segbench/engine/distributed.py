@@ -140,8 +140,6 @@ def quiet_logging() -> None:
 
 def check_batches(cases: int, batch_size: int) -> None:
     """Every batch must give every rank at least one case."""
-    from ..errors import UserError
-
     size = _world.size
     last = cases % batch_size
     if size > 1 and (batch_size < size or 0 < last < size):
